@@ -1,0 +1,118 @@
+"""LiveV2V server: wiring only. Builds the FastAPI app, includes the API router, mounts the
+Gradio UI, and runs uvicorn. `python app.py --help` lists the options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from pipeline import PipelineService
+from signaling.config import ServerSettings
+from signaling.ice import IceServerProvider, is_loopback_host
+from signaling.limits import BodyLimitMiddleware
+from signaling.loopback import offer_loopback_candidates
+from signaling.routes import build_router
+from signaling.sessions import SessionRegistry
+from ui.blocks import build_blocks
+
+VERSION = "0.1.0"
+log = logging.getLogger("livev2v")
+
+
+def default_pipeline() -> str:
+    """Diffusion when a GPU is there; otherwise the CPU effect, so prompts visibly do something."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "streamdiffusion"
+    except ImportError:
+        pass
+    return "cpu-effect"
+
+
+def create_app(settings: ServerSettings, load_params: dict | None = None) -> FastAPI:
+    service = PipelineService()
+    ice = IceServerProvider(host=settings.host)
+    sessions = SessionRegistry(service, ice, max_sessions=settings.max_sessions,
+                               connect_timeout_s=settings.connect_timeout_s)
+    if is_loopback_host(settings.host):
+        offer_loopback_candidates()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        if settings.pipeline:
+            service.load(settings.pipeline, load_params)
+        log.info("ICE servers: %s", ice.source)
+        yield
+        await sessions.close_all("Server shutting down")
+        service.stop()
+        await ice.aclose()
+
+    app = FastAPI(title="LiveV2V", version=VERSION, lifespan=lifespan,
+                  root_path=settings.root_path,
+                  description="Real-time video-to-video diffusion over WebRTC "
+                              "(Daydream Scope-compatible API).")
+    app.state.service, app.state.sessions, app.state.ice = service, sessions, ice
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex(),
+                       allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+                       allow_headers=["*"], max_age=600)
+    # API routes first: Gradio's mount at "/" is a catch-all.
+    app.include_router(build_router(sessions, service, ice, VERSION))
+    return gr.mount_gradio_app(app, build_blocks(), path="/")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="bind address (env GRADIO_SERVER_NAME; default 127.0.0.1)")
+    parser.add_argument("--port", type=int,
+                        default=int(env.get("GRADIO_SERVER_PORT") or env.get("PORT") or 8000),
+                        help="port (env GRADIO_SERVER_PORT or PORT; default 8000)")
+    parser.add_argument("--pipeline", default=None,
+                        help="pipeline loaded at start; 'none' loads nothing (default: "
+                             "streamdiffusion with CUDA, else cpu-effect)")
+    parser.add_argument("--load-params", type=json.loads, default=None,
+                        help='JSON load_params for --pipeline, e.g. \'{"height": 384}\'')
+    parser.add_argument("--cors-origins", default="",
+                        help="extra allowed CORS origins, comma-separated (localhost is allowed)")
+    parser.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions")
+    parser.add_argument("--root-path", default="", help="URL prefix behind a proxy")
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)  # one line per candidate pair otherwise
+    pipeline = args.pipeline or default_pipeline()
+    settings = ServerSettings(
+        host=args.host, port=args.port,
+        pipeline=None if pipeline == "none" else pipeline,
+        cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
+        max_sessions=args.max_sessions, root_path=args.root_path,
+    )
+    app = create_app(settings, args.load_params)
+    shown = "localhost" if is_loopback_host(args.host) else args.host
+    log.info("LiveV2V %s on http://%s:%d (pipeline: %s)", VERSION, shown, args.port,
+             settings.pipeline or "none")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
+                timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Frame pipelines and the shared pipeline service. Never imports aiortc or FastAPI."""
+
+from .base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
+from .frames import InputFrame, OutputFrame
+from .params import FrameParams, Mode, ParameterUpdate, WeightedPrompt
+from .registry import UnknownPipelineError
+from .service import (
+    LoadingError,
+    LoadInProgressError,
+    NotLoadedError,
+    PipelineService,
+    PipelineStatus,
+    UnsupportedModeError,
+)
+from .stream import Stream, StreamSink
+
+__all__ = [
+    "FrameParams", "FrameRequest", "InputFrame", "LoadInProgressError", "LoadParams",
+    "LoadingError", "Mode", "NotLoadedError", "OutputFrame", "ParameterUpdate", "Pipeline",
+    "PipelineError", "PipelineService", "PipelineStatus", "ProgressCallback", "Stream",
+    "StreamSink", "UnknownPipelineError", "UnsupportedModeError", "WeightedPrompt",
+]

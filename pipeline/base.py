@@ -1,0 +1,104 @@
+"""The frame-pipeline interface: what every pipeline (passthrough, CPU effect, diffusion) is."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .params import FrameParams, Mode, ParameterUpdate
+
+ProgressCallback = Callable[[float, str], None]
+"""`progress(fraction in 0..1, stage text)`; called from the loader thread."""
+
+
+class PipelineError(RuntimeError):
+    """A failure whose message is meant for the user (shown in status / stream_stopped)."""
+
+
+class LoadParams(BaseModel):
+    """`load_params` every pipeline accepts. Subclasses add their own fields. Unknown keys are
+    ignored (Scope clients send keys of their own pipelines)."""
+
+    model_config = ConfigDict(extra="ignore", strict=False)
+
+    height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    seed: int = Field(default=42, ge=0, le=2**63 - 1)
+    vace_enabled: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_seed_alias(cls, data: Any) -> Any:
+        # Scope calls it `base_seed`; `seed` wins when both are given.
+        if isinstance(data, dict) and "base_seed" in data and "seed" not in data:
+            data = {**data, "seed": data["base_seed"]}
+        return data
+
+
+@dataclass
+class FrameRequest:
+    """One session's frame in a batch handed to `Pipeline.process`."""
+
+    frame: np.ndarray | None
+    """Input image, H×W×3 uint8 RGB; None in text mode (generate from the prompt alone)."""
+    size: tuple[int, int]
+    """(height, width) the output should have when the pipeline has no fixed size."""
+    params: FrameParams
+    state: Any
+    """What `new_state()` returned for this session (noise, caches, embeddings...)."""
+    index: int
+    """Frames produced so far for this session (drives motion in text mode)."""
+
+    @property
+    def mode(self) -> Mode:
+        return "text" if self.frame is None else "video"
+
+
+class Pipeline(ABC):
+    """A frame pipeline. One instance is shared by all sessions; the service calls every method
+    from its own threads, never from the event loop, and never `process` concurrently."""
+
+    id: ClassVar[str]
+    name: ClassVar[str]
+    description: ClassVar[str]
+    modes: ClassVar[tuple[Mode, ...]] = ("video",)
+    supports_prompts: ClassVar[bool] = True
+    supports_vace: ClassVar[bool] = False
+    Params: ClassVar[type[LoadParams]] = LoadParams
+    max_batch_size: ClassVar[int] = 8
+
+    def __init__(self, params: LoadParams) -> None:
+        self.params = params
+
+    @classmethod
+    def default_mode(cls) -> Mode:
+        return cls.modes[0]
+
+    @classmethod
+    def mode_defaults(cls) -> dict[Mode, ParameterUpdate]:
+        """Defaults for the runtime parameters a session did not set, per mode."""
+        return {mode: ParameterUpdate() for mode in cls.modes}
+
+    def load(self, progress: ProgressCallback) -> None:  # noqa: B027 - optional hook
+        """Heavy setup (weights, warm-up). Raise `PipelineError` with an actionable message."""
+
+    def new_state(self) -> Any:
+        """Per-session state, created on first use and on `reset_cache`."""
+        return None
+
+    def batch_key(self, request: FrameRequest) -> Hashable:
+        """Requests with equal keys may share one `process` call."""
+        shape = request.size if request.frame is None else request.frame.shape
+        return (request.mode, tuple(shape), len(request.params.denoising_step_list))
+
+    @abstractmethod
+    def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
+        """Produce one H×W×3 uint8 RGB image per request, in order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free memory (GPU) before another pipeline is loaded."""

@@ -1,0 +1,28 @@
+"""`passthrough`: returns the input frame unchanged (video mode only, as in Scope)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+
+from .base import FrameRequest, Pipeline
+from .params import Mode
+
+
+class PassthroughPipeline(Pipeline):
+    id = "passthrough"
+    name = "Passthrough"
+    description = "Returns the input video unchanged; for testing transport and latency."
+    modes: ClassVar[tuple[Mode, ...]] = ("video",)
+    supports_prompts = False
+    max_batch_size = 64
+
+    def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
+        out = []
+        for request in batch:
+            if request.frame is None:
+                raise ValueError("passthrough needs an input frame")
+            out.append(request.frame)
+        return out

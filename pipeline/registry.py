@@ -1,0 +1,61 @@
+"""The pipeline registry: ids → classes, and the `/pipelines/schemas` entries built from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Pipeline
+from .cpu_effect import CpuEffectPipeline
+from .params import ParameterUpdate
+from .passthrough import PassthroughPipeline
+
+_PIPELINES: dict[str, type[Pipeline]] = {}
+
+
+def register(cls: type[Pipeline]) -> type[Pipeline]:
+    _PIPELINES[cls.id] = cls
+    return cls
+
+
+for _cls in (PassthroughPipeline, CpuEffectPipeline):
+    register(_cls)
+
+
+class UnknownPipelineError(KeyError):
+    def __init__(self, pipeline_id: str) -> None:
+        super().__init__(pipeline_id)
+        self.pipeline_id = pipeline_id
+
+    def __str__(self) -> str:
+        return f"Unknown pipeline {self.pipeline_id!r}. Available: {', '.join(available())}"
+
+
+def available() -> list[str]:
+    return sorted(_PIPELINES)
+
+
+def get(pipeline_id: str) -> type[Pipeline]:
+    try:
+        return _PIPELINES[pipeline_id]
+    except KeyError:
+        raise UnknownPipelineError(pipeline_id) from None
+
+
+def schema(cls: type[Pipeline]) -> dict[str, Any]:
+    """One entry of `GET /api/v1/pipelines/schemas`."""
+    return {
+        "id": cls.id,
+        "name": cls.name,
+        "description": cls.description,
+        "supported_modes": list(cls.modes),
+        "default_mode": cls.default_mode(),
+        "supports_prompts": cls.supports_prompts,
+        "supports_vace": cls.supports_vace,
+        "config_schema": ParameterUpdate.model_json_schema(),
+        "load_schema": cls.Params.model_json_schema(),
+        "mode_defaults": {m: d.given() for m, d in cls.mode_defaults().items()},
+    }
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    return {pid: schema(cls) for pid, cls in sorted(_PIPELINES.items())}

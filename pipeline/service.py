@@ -1,0 +1,336 @@
+"""The shared pipeline service: one loaded pipeline, a worker thread, and every session's stream.
+
+Threads: the event loop only calls the cheap, lock-guarded entry points (`load`, `status`,
+`open_stream`, `Stream.push/update/close`). The loader thread builds pipelines; the worker thread
+is the only caller of `Pipeline.process`. Results leave through each stream's sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from . import registry
+from .base import FrameRequest, LoadParams, Pipeline, PipelineError
+from .frames import InputFrame
+from .params import Mode, ParameterUpdate
+from .stream import Stream, StreamSink
+
+log = logging.getLogger(__name__)
+
+Status = Literal["not_loaded", "loading", "loaded", "error"]
+
+
+class NotLoadedError(RuntimeError):
+    """No pipeline is loaded (or the last load failed)."""
+
+
+class LoadingError(RuntimeError):
+    """A pipeline is loading; retry shortly."""
+
+
+class LoadInProgressError(RuntimeError):
+    """A different load is already running."""
+
+
+class UnsupportedModeError(ValueError):
+    pass
+
+
+class PipelineStatus(BaseModel):
+    status: Status
+    pipeline_id: str | None
+    load_params: dict[str, Any] | None
+    error: str | None
+    loading_stage: str | None
+    progress: float | None
+
+
+@dataclass
+class _Work:
+    stream: Stream
+    mode: Mode
+    source: InputFrame | None
+
+
+class PipelineService:
+    def __init__(self, *, text_fps: float = 20.0, idle_wait_s: float = 0.5) -> None:
+        self.text_fps = text_fps
+        self._idle_wait = idle_wait_s
+        self._cond = threading.Condition()
+        self._run_lock = threading.Lock()  # held while a pipeline processes or is swapped
+        self._streams: list[Stream] = []
+        self._pipeline: Pipeline | None = None
+        self._status: Status = "not_loaded"
+        self._pipeline_id: str | None = None
+        self._load_params: LoadParams | None = None
+        self._error: str | None = None
+        self._stage: str | None = None
+        self._progress: float | None = None
+        self._loader: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
+        self._stopping = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._run, name="pipeline-worker", daemon=True)
+            self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in (self._worker, self._loader):
+            if thread is not None:
+                thread.join(timeout)
+        with self._run_lock:
+            if self._pipeline is not None:
+                self._pipeline.close()
+                self._pipeline = None
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # --- loading ------------------------------------------------------------------------------
+
+    def load(self, pipeline_id: str, load_params: dict[str, Any] | None = None) -> None:
+        """Validate and start loading; status is `loading` when this returns.
+
+        Raises UnknownPipelineError, pydantic.ValidationError, LoadInProgressError."""
+        cls = registry.get(pipeline_id)
+        params = cls.Params.model_validate(load_params or {})
+        with self._cond:
+            if self._status == "loading":
+                if self._pipeline_id == pipeline_id and self._load_params == params:
+                    return  # the same load again joins the running one
+                raise LoadInProgressError(
+                    f"Pipeline {self._pipeline_id!r} is loading; try again when it is done.")
+            self._status, self._error = "loading", None
+            self._pipeline_id, self._load_params = pipeline_id, params
+            self._stage, self._progress = "starting", 0.0
+            self._loader = threading.Thread(target=self._load, args=(cls, params),
+                                            name=f"pipeline-load-{pipeline_id}", daemon=True)
+            self._loader.start()
+
+    def load_blocking(self, pipeline_id: str, load_params: dict[str, Any] | None = None,
+                      timeout: float | None = None) -> PipelineStatus:
+        """Load and wait for the outcome (for start-up, tests and benchmarks)."""
+        self.load(pipeline_id, load_params)
+        loader = self._loader
+        if loader is not None:
+            loader.join(timeout)
+        return self.status()
+
+    def _load(self, cls: type[Pipeline], params: LoadParams) -> None:
+        with self._run_lock:  # waits for a batch in flight; frees the old model first
+            old, self._pipeline = self._pipeline, None
+            if old is not None:
+                self._set_progress(0.0, "unloading previous pipeline")
+                old.close()
+        try:
+            pipeline = cls(params)
+            pipeline.load(self._set_progress)
+        except Exception as exc:  # any failure becomes a status the user can read
+            message = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+            log.exception("loading pipeline %s failed", cls.id)
+            with self._cond:
+                self._status, self._error = "error", message
+                self._stage, self._progress = None, None
+                streams = list(self._streams)
+                self._streams.clear()
+            for stream in streams:
+                stream.sink.on_stopped(f"Pipeline {cls.id!r} failed to load: {message}")
+            return
+        with self._cond:
+            if self._stopping:
+                pipeline.close()
+                return
+            self._pipeline = pipeline
+            self._status, self._stage, self._progress = "loaded", None, 1.0
+            self._cond.notify_all()
+        log.info("pipeline %s loaded", cls.id)
+
+    def _set_progress(self, fraction: float, stage: str) -> None:
+        with self._cond:
+            self._progress = max(0.0, min(1.0, float(fraction)))
+            self._stage = stage
+
+    def status(self) -> PipelineStatus:
+        with self._cond:
+            return PipelineStatus(
+                status=self._status,
+                pipeline_id=self._pipeline_id,
+                load_params=None if self._load_params is None else self._load_params.model_dump(),
+                error=self._error,
+                loading_stage=self._stage if self._status == "loading" else None,
+                progress=self._progress if self._status in ("loading", "loaded") else None,
+            )
+
+    @property
+    def pipeline_class(self) -> type[Pipeline] | None:
+        """The class of the pipeline loaded or loading, if any."""
+        return registry.get(self._pipeline_id) if self._pipeline_id else None
+
+    def defaults_for(self, mode: Mode) -> ParameterUpdate:
+        cls = self.pipeline_class
+        defaults = cls.mode_defaults() if cls else {}
+        return defaults.get(mode) or ParameterUpdate()
+
+    # --- streams ------------------------------------------------------------------------------
+
+    def open_stream(self, sink: StreamSink, *, offers_video: bool,
+                    initial: ParameterUpdate | None = None) -> Stream:
+        """Attach a session. Raises NotLoadedError, LoadingError, UnsupportedModeError."""
+        with self._cond:
+            if self._status == "loading":
+                raise LoadingError("Pipeline is loading; retry shortly.")
+            if self._status != "loaded" or self._pipeline is None:
+                raise NotLoadedError("Pipeline not loaded. Please load pipeline first.")
+            modes = type(self._pipeline).modes
+            wanted = initial.input_mode if initial else None
+            if wanted is not None and wanted not in modes:
+                raise UnsupportedModeError(
+                    f"Pipeline {self._pipeline_id!r} does not support input_mode {wanted!r} "
+                    f"(supported: {', '.join(modes)}).")
+            if not offers_video and "text" not in modes:
+                raise UnsupportedModeError(
+                    f"Pipeline {self._pipeline_id!r} needs input video (it has no text mode); "
+                    "send a video track.")
+            stream = Stream(self, sink, offers_video=offers_video, initial=initial)
+            self._streams.append(stream)
+            self._cond.notify_all()
+            return stream
+
+    def detach(self, stream: Stream) -> None:
+        with self._cond:
+            if stream in self._streams:
+                self._streams.remove(stream)
+
+    @property
+    def stream_count(self) -> int:
+        with self._cond:
+            return len(self._streams)
+
+    # --- the worker ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                work, pipeline = self._wait_for_work()
+                if pipeline is None:
+                    return
+            with self._run_lock:
+                if self._pipeline is pipeline:  # not swapped out while we waited
+                    self._process(pipeline, work)
+
+    def _wait_for_work(self) -> tuple[list[_Work], Pipeline | None]:
+        """Block (holding the condition) until some stream has work. (_, None) means stop."""
+        while not self._stopping:
+            now = time.monotonic()
+            timeout = self._idle_wait
+            if self._status == "loaded" and self._pipeline is not None:
+                work, next_due = self._collect(type(self._pipeline).modes, now)
+                if work:
+                    return work, self._pipeline
+                if next_due is not None:
+                    timeout = min(timeout, max(0.0, next_due - now))
+            self._cond.wait(timeout)
+        return [], None
+
+    def _collect(self, modes: tuple[Mode, ...], now: float) -> tuple[list[_Work], float | None]:
+        work: list[_Work] = []
+        next_due: float | None = None
+        for stream in self._streams:
+            mode = stream.resolve_mode(modes, now)
+            if mode == "video":
+                source = stream.slot.take()
+                if source is not None:
+                    work.append(_Work(stream, mode, source))
+            elif mode == "text":
+                stream.slot.take()  # input is not used in text mode
+                if now >= stream.next_due:
+                    stream.next_due = max(stream.next_due + 1.0 / self.text_fps, now)
+                    work.append(_Work(stream, mode, None))
+                next_due = stream.next_due if next_due is None else min(next_due, stream.next_due)
+        return work, next_due
+
+    def _process(self, pipeline: Pipeline, work: list[_Work]) -> None:
+        groups: dict[Hashable, list[tuple[_Work, FrameRequest]]] = defaultdict(list)
+        for item in work:
+            stream = item.stream
+            if stream.params.paused:
+                self._repeat_last(item)
+                continue
+            try:
+                request = self._request(pipeline, item)
+            except Exception as exc:
+                self._fail([stream], f"Could not read the input frame: {exc}")
+                continue
+            groups[pipeline.batch_key(request)].append((item, request))
+        for group in groups.values():
+            for start in range(0, len(group), pipeline.max_batch_size):
+                self._run_batch(pipeline, group[start:start + pipeline.max_batch_size])
+
+    def _request(self, pipeline: Pipeline, item: _Work) -> FrameRequest:
+        stream = item.stream
+        params = stream.params.snapshot(self.defaults_for(item.mode))
+        if stream.state_owner is not pipeline or params.reset_cache:
+            stream.state, stream.state_owner = pipeline.new_state(), pipeline
+        frame = None if item.source is None else item.source.decode()
+        size = (pipeline.params.height, pipeline.params.width) if frame is None else frame.shape[:2]
+        return FrameRequest(frame=frame, size=(int(size[0]), int(size[1])), params=params,
+                            state=stream.state, index=stream.produced)
+
+    def _run_batch(self, pipeline: Pipeline, batch: list[tuple[_Work, FrameRequest]]) -> None:
+        started = time.perf_counter()
+        try:
+            images = pipeline.process([request for _, request in batch])
+            if len(images) != len(batch):
+                raise PipelineError(f"returned {len(images)} frames for {len(batch)} inputs")
+            for image in images:
+                _check_image(image)
+        except Exception as exc:
+            log.exception("pipeline %s failed on a batch of %d", pipeline.id, len(batch))
+            detail = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+            self._fail([item.stream for item, _ in batch], f"Pipeline error: {detail}")
+            return
+        elapsed = time.perf_counter() - started
+        now = time.monotonic()
+        for (item, _), image in zip(batch, images, strict=True):
+            stream = item.stream
+            out = stream.stamp(image, item.source, now)
+            stream.produced += 1
+            stream.last_output = out
+            latency = None if item.source is None else now - item.source.arrived
+            stream.stats.produced(latency, elapsed)
+            if not stream.closed:
+                stream.sink.on_frame(out)
+
+    def _repeat_last(self, item: _Work) -> None:
+        """Paused: the output repeats the last frame, at the input's pace."""
+        stream = item.stream
+        if stream.last_output is not None and not stream.closed:
+            stream.sink.on_frame(stream.stamp(stream.last_output.image, item.source,
+                                              time.monotonic()))
+
+    def _fail(self, streams: list[Stream], message: str) -> None:
+        for stream in streams:
+            self.detach(stream)
+            stream.sink.on_stopped(message)
+
+
+def _check_image(image: object) -> None:
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+            and image.shape[2] == 3):
+        raise PipelineError("a pipeline must return H×W×3 uint8 RGB images")

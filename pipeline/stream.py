@@ -1,0 +1,98 @@
+"""A session's handle on the pipeline service: its latest-frame slot, parameters and state."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .base import Pipeline
+from .frames import CLOCK_RATE, CLOCK_TIME_BASE, InputFrame, LatestSlot, OutputFrame
+from .params import Mode, ParameterState, ParameterUpdate
+from .stats import StreamStats
+
+if TYPE_CHECKING:
+    from .service import PipelineService
+
+AUTO_TEXT_GRACE_S = 1.5
+"""With no `input_mode`, a client that offered video but has sent no frame for this long gets
+generated (text-mode) frames, if the pipeline can make them."""
+
+
+class StreamSink(Protocol):
+    """Where a stream's results go. Called on the worker thread: implementations hand over to
+    their own event loop (e.g. `loop.call_soon_threadsafe`) and never block."""
+
+    def on_frame(self, frame: OutputFrame) -> None: ...
+    def on_stopped(self, message: str) -> None: ...
+
+
+class Stream:
+    """Created by `PipelineService.open_stream`; one per session."""
+
+    def __init__(self, service: PipelineService, sink: StreamSink, *, offers_video: bool,
+                 initial: ParameterUpdate | None = None) -> None:
+        self.id = uuid.uuid4().hex
+        self.service = service
+        self.sink = sink
+        self.offers_video = offers_video
+        self.params = ParameterState(initial)
+        self.slot: LatestSlot[InputFrame] = LatestSlot()
+        self.stats = StreamStats()
+        self.opened = time.monotonic()
+        self.closed = False
+        # Below: touched by the worker thread only.
+        self.state: Any = None
+        self.state_owner: Pipeline | None = None
+        self.produced = 0
+        self.last_output: OutputFrame | None = None
+        self.next_due = 0.0
+        self._last_pts = -1
+        self._seen_input = False
+
+    # --- called from the transport (event loop) ---------------------------------------------
+
+    def push(self, frame: InputFrame) -> None:
+        """Hand over a received frame; replaces an unprocessed one (counted as a drop)."""
+        self._seen_input = True
+        self.stats.received(dropped=self.slot.put(frame))
+        self.service.wake()
+
+    def update(self, update: ParameterUpdate) -> None:
+        """Merge a validated parameter update; it applies from the next frame."""
+        self.params.apply(update)
+        self.service.wake()
+
+    def effective_parameters(self) -> dict[str, Any]:
+        return self.params.effective(self.service.defaults_for(self.mode_hint()))
+
+    def close(self) -> None:
+        self.closed = True
+        self.service.detach(self)
+
+    # --- used by the worker -------------------------------------------------------------------
+
+    def mode_hint(self) -> Mode:
+        return self.params.input_mode or ("video" if self.offers_video else "text")
+
+    def resolve_mode(self, modes: tuple[Mode, ...], now: float) -> Mode | None:
+        """The mode this stream runs in now, or None when it has nothing to do yet."""
+        wanted = self.params.input_mode
+        if wanted is not None and wanted in modes:
+            return wanted
+        if self.offers_video and "video" in modes:
+            if self._seen_input or "text" not in modes or now - self.opened < AUTO_TEXT_GRACE_S:
+                return "video"
+            return "text"
+        return "text" if "text" in modes else None
+
+    def stamp(self, image: Any, source: InputFrame | None, now: float) -> OutputFrame:
+        """Give an output image its timestamp: the input's in video mode, else a steady clock."""
+        if source is not None and source.pts is not None and source.time_base is not None:
+            pts, time_base = source.pts, source.time_base
+        else:
+            pts = max(int((now - self.opened) * CLOCK_RATE), self._last_pts + 1)
+            time_base = CLOCK_TIME_BASE
+            self._last_pts = pts
+        return OutputFrame(image=image, pts=pts, time_base=time_base,
+                           source_arrived=None if source is None else source.arrived)

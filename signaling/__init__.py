@@ -1,0 +1,1 @@
+"""WebRTC signaling and the HTTP API. Never imports torch."""

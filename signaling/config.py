@@ -1,0 +1,25 @@
+"""Server settings shared by the routes and the app wiring."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field
+
+# Any page served from this machine (a dev server on another port, a notebook) may call the API.
+LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    pipeline: str | None = "passthrough"
+    cors_origins: list[str] = Field(default_factory=list)
+    max_sessions: int = Field(default=8, ge=1)
+    connect_timeout_s: float = Field(default=30.0, gt=0)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    root_path: str = ""
+
+    def cors_origin_regex(self) -> str:
+        extra = [re.escape(o.rstrip("/")) for o in self.cors_origins if o != "*"]
+        return "^(" + "|".join([LOCAL_ORIGINS, *extra]) + ")$"

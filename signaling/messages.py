@@ -1,0 +1,80 @@
+"""The `parameters` data channel: server → client messages and parsing of client messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from pipeline import ParameterUpdate
+
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class StreamStopped(BaseModel):
+    type: Literal["stream_stopped"] = "stream_stopped"
+    error_message: str | None = None
+
+
+class ParametersUpdated(BaseModel):
+    type: Literal["parameters_updated"] = "parameters_updated"
+    parameters: dict[str, Any]
+
+
+class ErrorNotification(BaseModel):
+    type: Literal["error"] = "error"
+    error_message: str
+
+
+class Stats(BaseModel):
+    type: Literal["stats"] = "stats"
+    fps_in: float
+    fps_out: float
+    frames_in: int
+    frames_out: int
+    frames_dropped: int
+    frames_dropped_output: int
+    pipeline_latency_ms: float | None
+    process_ms: float | None
+    input_mode: str | None
+
+
+ServerMessage = StreamStopped | ParametersUpdated | ErrorNotification | Stats
+
+
+class MessageError(ValueError):
+    """A client message that was rejected; the text goes back in an `error` notification."""
+
+
+def _reject_constant(name: str) -> float:
+    raise MessageError(f"{name} is not a valid number")
+
+
+def parse_update(raw: str | bytes) -> ParameterUpdate:
+    """Validate one client message. Raises MessageError with a readable reason."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise MessageError(
+            f"message too large ({len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES})")
+    try:
+        # Python's json accepts NaN/Infinity, which JSON does not: refuse them here.
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, MessageError):
+            raise
+        raise MessageError(f"message is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MessageError("message must be a JSON object")
+    try:
+        update = ParameterUpdate.model_validate(data)
+    except ValidationError as exc:
+        raise MessageError(_describe(exc)) from None
+    return update
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid parameters: " + "; ".join(parts)

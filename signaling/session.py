@@ -1,0 +1,251 @@
+"""One WebRTC session: the peer connection and everything it owns.
+
+A `Session` owns its peer connection, the `parameters` channel, the input pump, the output
+track, its pipeline stream, its timers and its close(). Nothing else in the server is keyed by
+session id except the registry of sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from pipeline import InputFrame, OutputFrame, ParameterUpdate, PipelineService, Stream
+
+from .messages import (
+    ErrorNotification,
+    MessageError,
+    ParametersUpdated,
+    ServerMessage,
+    Stats,
+    StreamStopped,
+    parse_update,
+)
+from .models import IceCandidateModel
+from .sdp import OfferSummary, parse_candidate
+from .tracks import PipelineTrack
+
+log = logging.getLogger(__name__)
+
+CHANNEL_LABEL = "parameters"
+STATS_INTERVAL_S = 1.0
+
+
+class Session:
+    def __init__(self, service: PipelineService, configuration: RTCConfiguration, *,
+                 connect_timeout_s: float = 30.0,
+                 on_closed: Callable[[Session], None] | None = None) -> None:
+        self.id = str(uuid.uuid4())
+        self.created = time.monotonic()
+        self._service = service
+        self._loop = asyncio.get_running_loop()
+        self._connect_timeout = connect_timeout_s
+        self._on_closed = on_closed
+        self.pc = RTCPeerConnection(configuration)
+        self.output = PipelineTrack()
+        self.stream: Stream | None = None
+        self.channel: RTCDataChannel | None = None
+        self._outbox: list[ServerMessage] = []  # messages produced before the channel opened
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing: asyncio.Task[None] | None = None
+        self._receiving = False
+        self.closed = asyncio.Event()
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    # --- setup ----------------------------------------------------------------------------
+
+    async def answer(self, sdp: str, offer: OfferSummary,
+                     initial: ParameterUpdate | None) -> RTCSessionDescription:
+        """Apply the offer, attach to the pipeline, and return the complete answer (aiortc
+        gathers all candidates before it returns: the server does not trickle)."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        self.stream = self._service.open_stream(_Sink(self), offers_video=offer.client_sends_video,
+                                                initial=initial)
+        # The output is bound to the first video m-line, whatever its direction.
+        self.pc.addTrack(self.output)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._spawn(self._watch_connect())
+        if initial is not None and initial.given():
+            self.send(ParametersUpdated(parameters=self.stream.effective_parameters()))
+        return self.pc.localDescription
+
+    async def add_candidates(self, candidates: list[IceCandidateModel]) -> None:
+        """Trickled remote candidates. Raises SdpError for a malformed one (checked first, so
+        a bad batch changes nothing)."""
+        parsed = [None if not c.candidate.strip() else
+                  parse_candidate(c.candidate, c.sdpMid, c.sdpMLineIndex) for c in candidates]
+        for candidate in parsed:
+            if candidate is not None:  # an empty candidate only marks the end of gathering
+                await self.pc.addIceCandidate(candidate)
+
+    # --- media ----------------------------------------------------------------------------
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and not self._receiving:
+            self._receiving = True  # only the first video m-line feeds the pipeline
+            self._spawn(self._pump(track))
+        else:
+            self._spawn(_drain(track))  # aiortc queues received frames without bound
+
+    async def _pump(self, track: MediaStreamTrack) -> None:
+        """Move received frames into the stream's latest-frame slot. Conversion to RGB happens
+        on the worker, and only for frames that are processed."""
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if self.stream is not None:
+                self.stream.push(InputFrame(decode=_rgb_decoder(frame), pts=frame.pts,
+                                            time_base=frame.time_base, arrived=time.monotonic()))
+
+    # --- the parameters channel -------------------------------------------------------------
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != CHANNEL_LABEL or self.channel is not None:
+            return
+        self.channel = channel
+        channel.on("message", self._on_message)
+        if channel.readyState == "open":
+            self._on_channel_open()
+        else:
+            channel.on("open", self._on_channel_open)
+
+    def _on_channel_open(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for message in outbox:
+            self.send(message)
+        self._spawn(self._send_stats())
+
+    def _on_message(self, raw: str | bytes) -> None:
+        if self.stream is None:
+            return
+        try:
+            update = parse_update(raw)
+        except MessageError as exc:
+            self.send(ErrorNotification(error_message=str(exc)))
+            return
+        self.stream.update(update)
+        self.send(ParametersUpdated(parameters=self.stream.effective_parameters()))
+
+    def send(self, message: ServerMessage) -> None:
+        channel = self.channel
+        if channel is None or channel.readyState == "connecting":
+            self._outbox.append(message)
+        elif channel.readyState == "open":
+            channel.send(message.model_dump_json())
+
+    async def _send_stats(self) -> None:
+        while self.channel is not None and self.channel.readyState == "open":
+            await asyncio.sleep(STATS_INTERVAL_S)
+            if self.stream is not None and self.channel.readyState == "open":
+                self.send(Stats(**self.stream.stats.snapshot(),
+                                frames_dropped_output=self.output.dropped,
+                                input_mode=self.stream.params.input_mode))
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def _watch_connect(self) -> None:
+        await asyncio.sleep(self._connect_timeout)
+        if self.pc.connectionState != "connected":
+            log.info("session %s: not connected after %.0f s; closing", self.id,
+                     self._connect_timeout)
+            self.close_soon("Connection did not complete in time")
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("session %s: connection %s", self.id, state)
+        if state in ("failed", "closed"):
+            self.close_soon(None if state == "closed" else "Connection failed")
+
+    def close_soon(self, error: str | None = None, *, notify: bool = True) -> asyncio.Task[None]:
+        """Start closing (once); callbacks that cannot await use this."""
+        if self._closing is None:
+            self._closing = self._loop.create_task(self._close(error, notify))
+        return self._closing
+
+    async def close(self, error: str | None = None, *, notify: bool = True) -> None:
+        """Stop the stream: tell the client (stream_stopped), then free everything. Idempotent."""
+        await asyncio.shield(self.close_soon(error, notify=notify))
+
+    async def _close(self, error: str | None, notify: bool) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        if notify:
+            self.send(StreamStopped(error_message=error))
+            await self._flush_channel()
+        self.output.stop()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await self.pc.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.closed.set()
+        if self._on_closed is not None:
+            self._on_closed(self)
+        log.info("session %s closed%s", self.id, f": {error}" if error else "")
+
+    async def _flush_channel(self, timeout_s: float = 0.5) -> None:
+        """Give the last message a moment to leave before the transport goes away."""
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return
+        if channel.bufferedAmount > 0:
+            drained = asyncio.Event()
+            channel.bufferedAmountLowThreshold = 0
+            channel.once("bufferedamountlow", drained.set)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drained.wait(), timeout_s)
+        await asyncio.sleep(0.05)  # SCTP has queued it; let the packet leave
+
+    def _spawn(self, coro: Any) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class _Sink:
+    """The stream's results, handed from the worker thread to the session's event loop."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._loop = session._loop
+
+    def on_frame(self, frame: OutputFrame) -> None:
+        video = VideoFrame.from_ndarray(frame.image, format="rgb24")  # on the worker, not the loop
+        video.pts, video.time_base = frame.pts, frame.time_base
+        self._call(self._session.output.deliver, video)
+
+    def on_stopped(self, message: str) -> None:
+        self._call(self._session.close_soon, message)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is already closed at shutdown
+            self._loop.call_soon_threadsafe(fn, *args)
+
+
+def _rgb_decoder(frame: VideoFrame) -> Callable[[], Any]:
+    return lambda: frame.to_ndarray(format="rgb24")
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()

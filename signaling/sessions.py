@@ -1,0 +1,60 @@
+"""The registry of live sessions: creates them from offers, finds them, closes them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiortc import RTCConfiguration
+
+from pipeline import ParameterUpdate, PipelineService
+
+from .ice import IceServerProvider, to_aiortc
+from .sdp import check_offer
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+
+class CapacityError(RuntimeError):
+    """Too many sessions; the client should retry later."""
+
+
+class SessionRegistry:
+    def __init__(self, service: PipelineService, ice: IceServerProvider, *,
+                 max_sessions: int = 8, connect_timeout_s: float = 30.0) -> None:
+        self.service = service
+        self.ice = ice
+        self.max_sessions = max_sessions
+        self.connect_timeout_s = connect_timeout_s
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    async def open(self, sdp: str, sdp_type: str, initial: ParameterUpdate | None) -> Session:
+        """Answer an offer. Raises SdpError, CapacityError and the service's load errors."""
+        summary = check_offer(sdp, sdp_type)
+        if len(self._sessions) >= self.max_sessions:
+            raise CapacityError(f"The server is at capacity ({self.max_sessions} sessions).")
+        configuration = RTCConfiguration(iceServers=to_aiortc(await self.ice.servers()))
+        session = Session(self.service, configuration, connect_timeout_s=self.connect_timeout_s,
+                          on_closed=self._forget)
+        self._sessions[session.id] = session
+        try:
+            await session.answer(sdp, summary, initial)
+        except BaseException:
+            await session.close(notify=False)
+            raise
+        log.info("session %s opened (%d live)", session.id, len(self._sessions))
+        return session
+
+    def _forget(self, session: Session) -> None:
+        self._sessions.pop(session.id, None)
+
+    async def close_all(self, reason: str | None) -> None:
+        sessions = list(self._sessions.values())
+        await asyncio.gather(*(s.close(reason) for s in sessions), return_exceptions=True)

@@ -1,0 +1,1 @@
+"""The browser UI: Gradio Blocks plus a plain JS WebRTC client module."""
