@@ -1,0 +1,125 @@
+"""Shared fixtures: the app on a real uvicorn server on 127.0.0.1, in-process or as `python
+app.py`, and headless Debian Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from app import create_app
+from signaling.config import ServerSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "test-output"  # screenshots and logs from browser tests
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_loaded(url: str, timeout_s: float = 60.0,
+                      done: tuple[str, ...] = ("loaded", "error")) -> dict[str, Any]:
+    """Poll /api/v1/pipeline/status until the start-up pipeline is loaded."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            last = httpx.get(f"{url}/api/v1/pipeline/status", timeout=2).json()
+            if last["status"] in done:
+                return last
+        time.sleep(0.1)
+    raise TimeoutError(f"server at {url} not ready: {last}")
+
+
+@dataclass
+class Server:
+    url: str
+    app: Any  # the FastAPI app (in-process servers only)
+
+
+@contextlib.contextmanager
+def serve_in_thread(**settings: Any) -> Iterator[Server]:
+    """The real app on a real uvicorn server, in this process (so tests can look inside)."""
+    port = free_port()
+    app = create_app(ServerSettings(host="127.0.0.1", port=port, **settings))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_loaded(url, done=("loaded", "error") if settings.get("pipeline") else
+                          ("not_loaded",))
+        yield Server(url=url, app=app)
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, log_name: str = "server") -> Iterator[Server]:
+    """`python app.py` exactly as a user starts it, on a free port."""
+    port = free_port()
+    OUTPUT.mkdir(exist_ok=True)
+    log = (OUTPUT / f"{log_name}-{port}.log").open("w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), *args],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_loaded(url, timeout_s=90)
+        yield Server(url=url, app=None)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def passthrough_server() -> Iterator[Server]:
+    with serve_in_thread(pipeline="passthrough") as server:
+        yield server
+
+
+@pytest.fixture
+def effect_server() -> Iterator[Server]:
+    with serve_in_thread(pipeline="cpu-effect") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium (never a downloaded one)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: run the README's test command (it installs chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()

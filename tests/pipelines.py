@@ -1,0 +1,66 @@
+"""Small real pipelines used by tests to exercise the service (registered on import)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+
+from pipeline import FrameRequest, Mode, Pipeline, PipelineError, ProgressCallback
+from pipeline.registry import register
+
+
+@register
+class InvertPipeline(Pipeline):
+    """Inverts the picture; records every batch size it was given."""
+
+    id = "test-invert"
+    name = description = "test: invert"
+    modes: ClassVar[tuple[Mode, ...]] = ("video", "text")
+    batches: ClassVar[list[int]] = []
+    delay_s: ClassVar[float] = 0.0
+
+    def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
+        type(self).batches.append(len(batch))
+        time.sleep(self.delay_s)
+        return [255 - (r.frame if r.frame is not None else np.zeros((*r.size, 3), np.uint8))
+                for r in batch]
+
+
+@register
+class FaultyPipeline(Pipeline):
+    """Raises on any frame whose prompt says "boom"; otherwise passes frames through."""
+
+    id = "test-faulty"
+    name = description = "test: faulty"
+    modes: ClassVar[tuple[Mode, ...]] = ("video", "text")
+
+    def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
+        for r in batch:
+            if any("boom" in p.text for p in r.params.prompts):
+                raise RuntimeError("boom: the model exploded")
+        return [r.frame if r.frame is not None else np.zeros((*r.size, 3), np.uint8)
+                for r in batch]
+
+
+@register
+class GatedLoadPipeline(Pipeline):
+    """Loading waits for `gate`, reporting progress; fails when `fail` is set."""
+
+    id = "test-gated"
+    name = description = "test: gated load"
+    gate: ClassVar[threading.Event] = threading.Event()
+    fail: ClassVar[bool] = False
+
+    def load(self, progress: ProgressCallback) -> None:
+        progress(0.5, "waiting for the gate")
+        if not self.gate.wait(30):
+            raise PipelineError("gate never opened")
+        if self.fail:
+            raise PipelineError("weights not found: pass a local folder")
+
+    def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
+        return [r.frame for r in batch]  # type: ignore[misc]
