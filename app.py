@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pipeline import PipelineService
 from signaling.config import ServerSettings
 from signaling.ice import IceServerProvider, is_loopback_host
+from signaling.jitter import release_frames_on_marker
 from signaling.limits import BodyLimitMiddleware
 from signaling.loopback import offer_loopback_candidates
 from signaling.routes import build_router
@@ -45,6 +46,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     ice = IceServerProvider(host=settings.host)
     sessions = SessionRegistry(service, ice, max_sessions=settings.max_sessions,
                                connect_timeout_s=settings.connect_timeout_s)
+    release_frames_on_marker()  # one frame interval less latency per received frame
     if is_loopback_host(settings.host):
         offer_loopback_candidates()
 

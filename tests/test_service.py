@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from fractions import Fraction
 from collections.abc import Iterator
+from fractions import Fraction
 
 import numpy as np
 import pytest

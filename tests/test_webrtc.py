@@ -22,11 +22,11 @@ BLUE = {"prompts": [{"text": "blue", "weight": 1.0}]}
 LIGHT = (220, 220, 220)  # the effect maps brightness to the palette: bright shows it best
 
 
-def mean_rgb(frame) -> np.ndarray:  # noqa: ANN001 - av.VideoFrame
+def mean_rgb(frame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
 
 
-async def frames_until(client: LiveV2VClient, predicate, limit: int = 60):  # noqa: ANN001
+async def frames_until(client: LiveV2VClient, predicate, limit: int = 60):
     for _ in range(limit):
         frame = await client.recv()
         if predicate(frame):
@@ -34,7 +34,7 @@ async def frames_until(client: LiveV2VClient, predicate, limit: int = 60):  # no
     raise AssertionError("no frame matched")
 
 
-async def wait_for(condition, timeout_s: float = 10.0) -> None:  # noqa: ANN001
+async def wait_for(condition, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
