@@ -45,7 +45,8 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     service = PipelineService()
     ice = IceServerProvider(host=settings.host)
     sessions = SessionRegistry(service, ice, max_sessions=settings.max_sessions,
-                               connect_timeout_s=settings.connect_timeout_s)
+                               connect_timeout_s=settings.connect_timeout_s,
+                               time_limit_s=settings.session_time_limit_s)
     release_frames_on_marker()  # one frame interval less latency per received frame
     if is_loopback_host(settings.host):
         offer_loopback_candidates()
@@ -90,7 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='JSON load_params for --pipeline, e.g. \'{"height": 384}\'')
     parser.add_argument("--cors-origins", default="",
                         help="extra allowed CORS origins, comma-separated (localhost is allowed)")
-    parser.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions")
+    parser.add_argument("--max-sessions", type=int, default=None,
+                        help="concurrent sessions; past it offers get 503 (default: what the "
+                             "pipeline can serve: passthrough 32, cpu-effect 16, "
+                             "streamdiffusion 4)")
+    parser.add_argument("--session-time-limit", type=float, default=None, metavar="SECONDS",
+                        help="end each session after this long (useful on shared Spaces)")
     parser.add_argument("--root-path", default="", help="URL prefix behind a proxy")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
@@ -106,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host, port=args.port,
         pipeline=None if pipeline == "none" else pipeline,
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
-        max_sessions=args.max_sessions, root_path=args.root_path,
+        max_sessions=args.max_sessions, session_time_limit_s=args.session_time_limit,
+        root_path=args.root_path,
     )
     app = create_app(settings, args.load_params)
     shown = "localhost" if is_loopback_host(args.host) else args.host

@@ -71,6 +71,8 @@ class Pipeline(ABC):
     supports_vace: ClassVar[bool] = False
     Params: ClassVar[type[LoadParams]] = LoadParams
     max_batch_size: ClassVar[int] = 8
+    max_sessions: ClassVar[int] = 8
+    """Sessions one server can serve at interactive rates; --max-sessions overrides it."""
 
     def __init__(self, params: LoadParams) -> None:
         self.params = params

@@ -57,6 +57,7 @@ class CpuEffectPipeline(Pipeline):
                    "the prompt's colours.")
     modes: ClassVar[tuple[Mode, ...]] = ("video", "text")
     max_batch_size = 16
+    max_sessions = 16
 
     @classmethod
     def mode_defaults(cls) -> dict[Mode, ParameterUpdate]:

@@ -18,6 +18,7 @@ class PassthroughPipeline(Pipeline):
     modes: ClassVar[tuple[Mode, ...]] = ("video",)
     supports_prompts = False
     max_batch_size = 64
+    max_sessions = 32
 
     def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
         out = []

@@ -99,6 +99,7 @@ class PipelineService:
                 self._pipeline = None
 
     def wake(self) -> None:
+        self._ensure_worker()
         with self._cond:
             self._cond.notify_all()
 
@@ -228,11 +229,24 @@ class PipelineService:
         while True:
             with self._cond:
                 work, pipeline = self._wait_for_work()
-                if pipeline is None:
-                    return
-            with self._run_lock:
-                if self._pipeline is pipeline:  # not swapped out while we waited
-                    self._process(pipeline, work)
+            if pipeline is None:
+                return
+            try:
+                with self._run_lock:
+                    if self._pipeline is pipeline:  # not swapped out while we waited
+                        self._process(pipeline, work)
+            except BaseException as exc:
+                log.exception("pipeline worker caught %s", type(exc).__name__)
+                self._fail([item.stream for item in work],
+                           f"Pipeline worker crashed: {type(exc).__name__}: {exc}")
+
+    def _ensure_worker(self) -> None:
+        """Restart the worker if it died anyway (it should not: `_run` catches everything)."""
+        worker = self._worker
+        if worker is not None and not worker.is_alive() and not self._stopping:
+            log.error("pipeline worker died; restarting it")
+            self._worker = None
+            self.start()
 
     def _wait_for_work(self) -> tuple[list[_Work], Pipeline | None]:
         """Block (holding the condition) until some stream has work. (_, None) means stop."""
@@ -274,7 +288,7 @@ class PipelineService:
                 continue
             try:
                 request = self._request(pipeline, item)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a broken frame stops only its session
                 self._fail([stream], f"Could not read the input frame: {exc}")
                 continue
             groups[pipeline.batch_key(request)].append((item, request))

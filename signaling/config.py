@@ -15,8 +15,9 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     pipeline: str | None = "passthrough"
     cors_origins: list[str] = Field(default_factory=list)
-    max_sessions: int = Field(default=8, ge=1)
+    max_sessions: int | None = Field(default=None, ge=1)
     connect_timeout_s: float = Field(default=30.0, gt=0)
+    session_time_limit_s: float | None = Field(default=None, gt=0)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     root_path: str = ""
 

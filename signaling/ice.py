@@ -122,7 +122,7 @@ def read_hub_token() -> str | None:
         from huggingface_hub import get_token
 
         return get_token()
-    except Exception:
+    except Exception:  # noqa: BLE001 - no usable hub login is not an error
         return None
 
 
@@ -286,7 +286,7 @@ class IceServerProvider:
                 servers, ttl_s = await self._fetch(self._http())
                 if not servers:
                     raise _EmptyReply
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure falls back, logged once
                 self._retry_at = now + RETRY_AFTER_FAILURE_S
                 fallback = self._still_valid_or_fallback(now)
                 if not self._failing:

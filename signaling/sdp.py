@@ -33,7 +33,7 @@ def check_offer(sdp: str, sdp_type: str) -> OfferSummary:
         raise SdpError("sdp is not a session description (it must start with v=0)")
     try:
         parsed = SessionDescription.parse(sdp)
-    except Exception as exc:  # aiortc's parser raises assorted errors on broken input
+    except Exception as exc:  # noqa: BLE001 - aiortc raises assorted errors on bad input
         raise SdpError(f"sdp could not be parsed: {type(exc).__name__}") from None
     videos = [m for m in parsed.media if m.kind == "video"]
     if not videos:

@@ -48,13 +48,14 @@ STATS_INTERVAL_S = 1.0
 
 class Session:
     def __init__(self, service: PipelineService, configuration: RTCConfiguration, *,
-                 connect_timeout_s: float = 30.0,
+                 connect_timeout_s: float = 30.0, time_limit_s: float | None = None,
                  on_closed: Callable[[Session], None] | None = None) -> None:
         self.id = str(uuid.uuid4())
         self.created = time.monotonic()
         self._service = service
         self._loop = asyncio.get_running_loop()
         self._connect_timeout = connect_timeout_s
+        self._time_limit = time_limit_s
         self._on_closed = on_closed
         self.pc = RTCPeerConnection(configuration)
         self.output = PipelineTrack()
@@ -82,6 +83,8 @@ class Session:
         self.pc.addTrack(self.output)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._spawn(self._watch_connect())
+        if self._time_limit is not None:
+            self._spawn(self._enforce_time_limit(self._time_limit))
         if initial is not None and initial.given():
             self.send(ParametersUpdated(parameters=self.stream.effective_parameters()))
         return self.pc.localDescription
@@ -168,6 +171,10 @@ class Session:
             log.info("session %s: not connected after %.0f s; closing", self.id,
                      self._connect_timeout)
             self.close_soon("Connection did not complete in time")
+
+    async def _enforce_time_limit(self, limit_s: float) -> None:
+        await asyncio.sleep(limit_s)
+        self.close_soon(f"Session time limit reached ({limit_s:g} s); reconnect to continue")
 
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState

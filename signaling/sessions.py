@@ -22,12 +22,22 @@ class CapacityError(RuntimeError):
 
 class SessionRegistry:
     def __init__(self, service: PipelineService, ice: IceServerProvider, *,
-                 max_sessions: int = 8, connect_timeout_s: float = 30.0) -> None:
+                 max_sessions: int | None = None, connect_timeout_s: float = 30.0,
+                 time_limit_s: float | None = None) -> None:
         self.service = service
         self.ice = ice
-        self.max_sessions = max_sessions
+        self._max_sessions = max_sessions
         self.connect_timeout_s = connect_timeout_s
+        self.time_limit_s = time_limit_s
         self._sessions: dict[str, Session] = {}
+
+    @property
+    def max_sessions(self) -> int:
+        """--max-sessions when given, else what the loaded pipeline can serve."""
+        if self._max_sessions is not None:
+            return self._max_sessions
+        cls = self.service.pipeline_class
+        return cls.max_sessions if cls is not None else 8
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -39,10 +49,11 @@ class SessionRegistry:
         """Answer an offer. Raises SdpError, CapacityError and the service's load errors."""
         summary = check_offer(sdp, sdp_type)
         if len(self._sessions) >= self.max_sessions:
-            raise CapacityError(f"The server is at capacity ({self.max_sessions} sessions).")
+            raise CapacityError(f"The server is at capacity ({self.max_sessions} sessions); "
+                                "try again in a moment.")
         configuration = RTCConfiguration(iceServers=to_aiortc(await self.ice.servers()))
         session = Session(self.service, configuration, connect_timeout_s=self.connect_timeout_s,
-                          on_closed=self._forget)
+                          time_limit_s=self.time_limit_s, on_closed=self._forget)
         self._sessions[session.id] = session
         try:
             await session.answer(sdp, summary, initial)

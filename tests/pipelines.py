@@ -32,7 +32,8 @@ class InvertPipeline(Pipeline):
 
 @register
 class FaultyPipeline(Pipeline):
-    """Raises on any frame whose prompt says "boom"; otherwise passes frames through."""
+    """Raises on any frame whose prompt says "boom" (SystemExit, which would end a thread, for
+    "die"); otherwise passes frames through."""
 
     id = "test-faulty"
     name = description = "test: faulty"
@@ -40,6 +41,8 @@ class FaultyPipeline(Pipeline):
 
     def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
         for r in batch:
+            if any("die" in p.text for p in r.params.prompts):
+                raise SystemExit("the pipeline called exit()")
             if any("boom" in p.text for p in r.params.prompts):
                 raise RuntimeError("boom: the model exploded")
         return [r.frame if r.frame is not None else np.zeros((*r.size, 3), np.uint8)

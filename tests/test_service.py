@@ -179,6 +179,21 @@ def test_a_failing_pipeline_stops_only_the_affected_session(service: PipelineSer
     assert service.stream_count == 1
 
 
+def test_a_pipeline_that_would_end_the_worker_thread_does_not(
+        service: PipelineService) -> None:
+    service.load_blocking("test-faulty")
+    doomed, later = Sink(), Sink()
+    stream = service.open_stream(doomed, offers_video=True, initial=ParameterUpdate.model_validate(
+        {"prompts": [{"text": "die"}]}))
+    stream.push(frame(1))
+    doomed.wait()
+    assert doomed.stopped and "SystemExit" in doomed.stopped[0]
+    assert service._worker is not None and service._worker.is_alive()
+    service.open_stream(later, offers_video=True).push(frame(2))
+    later.wait()
+    assert len(later.frames) == 1
+
+
 def test_text_mode_generates_frames_on_a_steady_clock(service: PipelineService) -> None:
     service.load_blocking("cpu-effect", {"height": 64, "width": 96})
     sink = Sink()

@@ -210,3 +210,38 @@ async def test_text_mode_is_refused_by_a_video_only_pipeline(passthrough_server:
         with pytest.raises(ApiError) as err:
             await client.connect(None, {"input_mode": "text"})
         assert err.value.status == 400 and "text" in err.value.detail
+
+
+async def test_sessions_past_the_limit_get_503_then_a_slot_frees() -> None:
+    with serve_in_thread(pipeline="passthrough", max_sessions=1) as server:
+        async with LiveV2VClient(server.url) as first:
+            await first.connect(NumberedFrames(size=64, fps=20))
+            await first.recv()
+            async with LiveV2VClient(server.url) as second:
+                with pytest.raises(ApiError) as err:
+                    await second.connect(NumberedFrames(size=64, fps=20))
+                assert err.value.status == 503 and "capacity" in err.value.detail
+            await first.stop()
+        async with LiveV2VClient(server.url) as third:
+            await third.connect(NumberedFrames(size=64, fps=20))
+            await third.recv()
+
+
+async def test_session_time_limit_and_connect_timeout() -> None:
+    with serve_in_thread(pipeline="passthrough", session_time_limit_s=1.0,
+                         connect_timeout_s=1.0) as server:
+        async with LiveV2VClient(server.url) as client:
+            await client.connect(NumberedFrames(size=64, fps=20))
+            stopped = await client.message("stream_stopped", timeout_s=5)
+            assert "time limit" in stopped["error_message"]
+        # An offer whose peer never connects is reaped.
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            r = await http.post("/api/v1/webrtc/offer",
+                                json={"sdp": pc.localDescription.sdp, "type": "offer"})
+            assert r.status_code == 200
+        await pc.close()
+        sessions = server.app.state.sessions
+        await wait_for(lambda: len(sessions) == 0, timeout_s=5)
