@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from pipeline import PipelineService
 from signaling.config import ServerSettings
+from signaling.errors import install_error_handlers
 from signaling.ice import IceServerProvider, is_loopback_host
 from signaling.jitter import release_frames_on_marker
 from signaling.limits import BodyLimitMiddleware
@@ -67,6 +68,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
                   description="Real-time video-to-video diffusion over WebRTC "
                               "(Daydream Scope-compatible API).")
     app.state.service, app.state.sessions, app.state.ice = service, sessions, ice
+    install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex(),
                        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
