@@ -1,17 +1,11 @@
 """Frame pipelines and the shared pipeline service. Never imports aiortc or FastAPI."""
 
 from .base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
+from .errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
 from .frames import InputFrame, OutputFrame
 from .params import FrameParams, Mode, ParameterUpdate, WeightedPrompt
 from .registry import UnknownPipelineError
-from .service import (
-    LoadingError,
-    LoadInProgressError,
-    NotLoadedError,
-    PipelineService,
-    PipelineStatus,
-    UnsupportedModeError,
-)
+from .service import PipelineService, PipelineStatus
 from .stream import Stream, StreamSink
 
 __all__ = [

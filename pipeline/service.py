@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from . import registry
 from .base import FrameRequest, LoadParams, Pipeline, PipelineError
+from .errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
 from .frames import InputFrame
 from .params import Mode, ParameterUpdate
 from .stream import Stream, StreamSink
@@ -27,22 +28,6 @@ from .stream import Stream, StreamSink
 log = logging.getLogger(__name__)
 
 Status = Literal["not_loaded", "loading", "loaded", "error"]
-
-
-class NotLoadedError(RuntimeError):
-    """No pipeline is loaded (or the last load failed)."""
-
-
-class LoadingError(RuntimeError):
-    """A pipeline is loading; retry shortly."""
-
-
-class LoadInProgressError(RuntimeError):
-    """A different load is already running."""
-
-
-class UnsupportedModeError(ValueError):
-    pass
 
 
 class PipelineStatus(BaseModel):
@@ -159,7 +144,14 @@ class PipelineService:
                 return
             self._pipeline = pipeline
             self._status, self._stage, self._progress = "loaded", None, 1.0
+            # Receive-only sessions cannot continue on a pipeline without a text mode.
+            stranded = [s for s in self._streams if not s.offers_video and "text" not in cls.modes]
+            for stream in stranded:
+                self._streams.remove(stream)
             self._cond.notify_all()
+        for stream in stranded:
+            stream.sink.on_stopped(f"Pipeline {cls.id!r} has no text mode; this session sends "
+                                   "no video. Reconnect with a video input.")
         log.info("pipeline %s loaded", cls.id)
 
     def _set_progress(self, fraction: float, stage: str) -> None:
@@ -197,7 +189,8 @@ class PipelineService:
             if self._status == "loading":
                 raise LoadingError("Pipeline is loading; retry shortly.")
             if self._status != "loaded" or self._pipeline is None:
-                raise NotLoadedError("Pipeline not loaded. Please load pipeline first.")
+                reason = f" The last load failed: {self._error}" if self._error else ""
+                raise NotLoadedError("Pipeline not loaded. Please load pipeline first." + reason)
             modes = type(self._pipeline).modes
             wanted = initial.input_mode if initial else None
             if wanted is not None and wanted not in modes:

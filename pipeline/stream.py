@@ -7,6 +7,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .base import Pipeline
+from .errors import UnsupportedModeError
 from .frames import CLOCK_RATE, CLOCK_TIME_BASE, InputFrame, LatestSlot, OutputFrame
 from .params import Mode, ParameterState, ParameterUpdate
 from .stats import StreamStats
@@ -59,7 +60,12 @@ class Stream:
         self.service.wake()
 
     def update(self, update: ParameterUpdate) -> None:
-        """Merge a validated parameter update; it applies from the next frame."""
+        """Merge a validated parameter update; it applies from the next frame. Raises
+        UnsupportedModeError (changing nothing) for an input_mode the pipeline lacks."""
+        cls = self.service.pipeline_class
+        if update.input_mode is not None and cls is not None and update.input_mode not in cls.modes:
+            raise UnsupportedModeError(f"Pipeline {cls.id!r} has no {update.input_mode!r} mode "
+                                       f"(supported: {', '.join(cls.modes)}).")
         self.params.apply(update)
         self.service.wake()
 

@@ -5,6 +5,10 @@ frame arrives, which adds one frame interval of latency per aiortc receiver (50 
 67 ms at 15 fps). The marker bit on a frame's last packet says the frame is complete, so it can
 go at once. Without a marker (a lost last packet), a new timestamp still completes the frame,
 as before.
+
+Packets without payload (the padding a browser sends when no RTX stream was negotiated) can
+follow a released frame with its timestamp; they would make an empty frame, which libavcodec
+takes for the end of the stream — every later frame then fails to decode. They are skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +22,13 @@ class MarkerJitterBuffer(JitterBuffer):
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
         if not self._is_video or self._prefetch or self._origin is None:
             return super()._remove_frame(sequence_number)
+        while True:
+            frame = self._next_frame()
+            if frame is None or frame.data:
+                return frame
+
+    def _next_frame(self) -> JitterFrame | None:
+        assert self._origin is not None
         packets: list[RtpPacket] = []
         for count in range(self.capacity):
             packet = self._packets[(self._origin + count) % self._capacity]

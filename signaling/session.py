@@ -25,7 +25,14 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
-from pipeline import InputFrame, OutputFrame, ParameterUpdate, PipelineService, Stream
+from pipeline import (
+    InputFrame,
+    OutputFrame,
+    ParameterUpdate,
+    PipelineService,
+    Stream,
+    UnsupportedModeError,
+)
 
 from .messages import (
     ErrorNotification,
@@ -145,7 +152,11 @@ class Session:
         except MessageError as exc:
             self.send(ErrorNotification(error_message=str(exc)))
             return
-        self.stream.update(update)
+        try:
+            self.stream.update(update)
+        except UnsupportedModeError as exc:
+            self.send(ErrorNotification(error_message=str(exc)))
+            return
         self.send(ParametersUpdated(parameters=self.stream.effective_parameters()))
 
     def send(self, message: ServerMessage) -> None:

@@ -37,3 +37,12 @@ def test_a_gap_holds_the_frame_until_the_missing_packet_arrives() -> None:
     assert jb.add(packet(3, 100, b"c", marker=True))[1] is None
     frame = jb.add(packet(2, 100, b"b"))[1]
     assert frame is not None and frame.data == b"abc"
+
+
+def test_padding_after_a_released_frame_never_becomes_an_empty_frame() -> None:
+    jb = MarkerJitterBuffer(capacity=128, is_video=True)
+    assert jb.add(packet(1, 100, b"a", marker=True))[1] is not None
+    assert jb.add(packet(2, 100, b""))[1] is None  # padding, same timestamp, no payload
+    assert jb.add(packet(3, 100, b""))[1] is None
+    frame = jb.add(packet(4, 200, b"b", marker=True))[1]
+    assert frame is not None and frame.data == b"b"

@@ -245,3 +245,24 @@ async def test_session_time_limit_and_connect_timeout() -> None:
         await pc.close()
         sessions = server.app.state.sessions
         await wait_for(lambda: len(sessions) == 0, timeout_s=5)
+
+
+async def test_switching_to_a_video_only_pipeline_stops_receive_only_sessions() -> None:
+    with serve_in_thread(pipeline="cpu-effect") as server:
+        async with LiveV2VClient(server.url) as text, LiveV2VClient(server.url) as video:
+            await text.connect(None, direction="recvonly")
+            await video.connect(NumberedFrames(size=64, fps=20))
+            await text.recv()
+            await video.recv()
+            # Asking for a mode the pipeline lacks is refused on the channel.
+            await video.send({"input_mode": "audio"})
+            assert "input_mode" in (await video.message("error"))["error_message"]
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                await http.post("/api/v1/pipeline/load", json={"pipeline_ids": ["passthrough"]})
+            stopped = await text.message("stream_stopped")
+            assert "no text mode" in stopped["error_message"]
+            first = read_number((await video.recv()).to_ndarray(format="rgb24"))
+            await video.send({"input_mode": "text"})
+            assert "has no 'text' mode" in (await video.message("error"))["error_message"]
+            later = read_number((await video.recv()).to_ndarray(format="rgb24"))
+            assert later > first  # the video session carries on, now through passthrough
