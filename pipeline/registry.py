@@ -8,6 +8,7 @@ from .base import Pipeline
 from .cpu_effect import CpuEffectPipeline
 from .params import ParameterUpdate
 from .passthrough import PassthroughPipeline
+from .streamdiffusion import StreamDiffusionPipeline
 
 _PIPELINES: dict[str, type[Pipeline]] = {}
 
@@ -17,7 +18,7 @@ def register(cls: type[Pipeline]) -> type[Pipeline]:
     return cls
 
 
-for _cls in (PassthroughPipeline, CpuEffectPipeline):
+for _cls in (PassthroughPipeline, CpuEffectPipeline, StreamDiffusionPipeline):
     register(_cls)
 
 
