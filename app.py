@@ -24,7 +24,8 @@ from signaling.limits import BodyLimitMiddleware
 from signaling.loopback import offer_loopback_candidates
 from signaling.routes import build_router
 from signaling.sessions import SessionRegistry
-from ui.blocks import build_blocks
+from ui.blocks import MOUNT_OPTIONS, build_blocks
+from ui.routes import router as ui_router
 
 VERSION = "0.1.0"
 log = logging.getLogger("livev2v")
@@ -75,7 +76,8 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
                        allow_headers=["*"], max_age=600)
     # API routes first: Gradio's mount at "/" is a catch-all.
     app.include_router(build_router(sessions, service, ice, VERSION))
-    return gr.mount_gradio_app(app, build_blocks(), path="/")
+    app.include_router(ui_router)  # /ui/livev2v.js for pages other than ours
+    return gr.mount_gradio_app(app, build_blocks(), path="/", **MOUNT_OPTIONS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

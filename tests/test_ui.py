@@ -1,0 +1,510 @@
+"""The Gradio studio page in headless Chromium against `python app.py --pipeline cpu-effect`.
+
+One server for the module (started as a user starts it); a fresh browser context per test.
+Screenshots land in test-output/ (ui-idle.png, ui-streaming.png, ui-error.png,
+ui-timeout.png). The error test uses a real pipeline failure (loading `streamdiffusion` from a
+missing folder) when that pipeline is registered, else a server-side DELETE of the session.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import OUTPUT, Server, serve_process
+
+pytestmark = pytest.mark.browser
+
+CONNECT_LIMIT_S = 10.0
+
+MEAN_RGB_JS = """(sel) => {
+  const v = document.querySelector(sel);
+  if (!v || !v.videoWidth) return null;
+  const c = document.createElement('canvas'); c.width = 64; c.height = 64;
+  const g = c.getContext('2d'); g.drawImage(v, 0, 0, 64, 64);
+  const d = g.getImageData(0, 0, 64, 64).data; const s = [0, 0, 0];
+  for (let i = 0; i < d.length; i += 4) { s[0] += d[i]; s[1] += d[i + 1]; s[2] += d[i + 2]; }
+  return s.map((x) => x / (d.length / 4));
+}"""
+
+SET_RANGE_JS = """([sel, value]) => {
+  const el = document.querySelector(sel);
+  el.value = value; el.dispatchEvent(new Event('input', {bubbles: true}));
+}"""
+
+OUT = '[data-role="output-video"]'
+IN = '[data-role="input-video"]'
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with serve_process("--pipeline", "cpu-effect", log_name="ui-server") as server:
+        yield server
+
+
+class Studio:
+    """The page plus what it logged."""
+
+    def __init__(self, page: Any, url: str) -> None:
+        self.page = page
+        self.url = url
+        self.errors: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def open(self) -> Studio:
+        self.page.goto(self.url + "/")
+        self.page.wait_for_function("() => window.liveV2V && window.liveV2V.status", timeout=20000)
+        return self
+
+    def js(self, expression: str, arg: Any = None) -> Any:
+        return self.page.evaluate(expression, arg)
+
+    def state(self) -> str:
+        return self.js("() => window.liveV2V.client.state")
+
+    def wait(self, predicate: str, timeout_s: float = 10.0, arg: Any = None) -> None:
+        self.page.wait_for_function(predicate, arg=arg, timeout=timeout_s * 1000)
+
+    def start(self) -> float:
+        """Press Start; the seconds until the connection is up."""
+        started = time.monotonic()
+        self.page.click('[data-action="start"]')
+        self.wait("() => window.liveV2V.client.state === 'connected'", CONNECT_LIMIT_S)
+        return time.monotonic() - started
+
+    def decoded(self, selector: str = OUT) -> int:
+        return self.js(f"() => document.querySelector('{selector}')"
+                       ".getVideoPlaybackQuality().totalVideoFrames")
+
+    def assert_frames_grow(self, selector: str = OUT, at_least: int = 8) -> None:
+        first = self.decoded(selector)
+        self.page.wait_for_timeout(1200)
+        second = self.decoded(selector)
+        assert second - first >= at_least, f"{selector}: {first} → {second} frames in 1.2 s"
+        playing = self.js(f"() => {{ const v = document.querySelector('{selector}');"
+                          " return !v.paused && v.readyState >= 2 && v.videoWidth > 0; }")
+        assert playing, f"{selector} is not playing"
+
+    def mean_rgb(self) -> np.ndarray:
+        value = self.js(MEAN_RGB_JS, OUT)
+        assert value is not None, "the output video has no frame"
+        return np.asarray(value)
+
+    def set_prompt(self, text: str, index: int = 0) -> None:
+        self.page.locator('[data-role="prompt-text"]').nth(index).fill(text)
+
+    def applied(self) -> dict[str, Any]:
+        return self.js("() => window.liveV2V.lastParameters") or {}
+
+    def notice(self) -> dict[str, Any]:
+        return self.js("""() => { const n = document.querySelector('[data-role="notice"]');
+          return {shown: !n.hidden, code: n.dataset.code, tone: n.dataset.tone,
+                  title: n.querySelector('[data-role="notice-title"]').textContent,
+                  text: n.querySelector('[data-role="notice-text"]').textContent,
+                  hint: n.querySelector('[data-role="notice-hint"]').textContent,
+                  actions: [...n.querySelectorAll('[data-role="notice-actions"] button')]
+                    .map((b) => b.textContent)}; }""")
+
+    def pill(self) -> str:
+        return self.page.locator('[data-role="pill-text"]').inner_text()
+
+    def screenshot(self, name: str) -> Path:
+        OUTPUT.mkdir(exist_ok=True)
+        path = OUTPUT / name
+        self.page.screenshot(path=str(path))
+        return path
+
+
+@pytest.fixture
+def studio(browser: Any, server: Server) -> Iterator[Studio]:
+    context = browser.new_context(viewport={"width": 1440, "height": 960}, accept_downloads=True)
+    page = context.new_page()
+    try:
+        yield Studio(page, server.url)
+    finally:
+        context.close()
+
+
+def eventually(check: Callable[[], Any], timeout_s: float = 8.0, interval_s: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result is not None if isinstance(result, np.ndarray) else result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(interval_s)
+
+
+def make_webm(path: Path, size: int = 160, frames: int = 30, fps: int = 15) -> Path:
+    """A small VP8 WebM: a light frame with a dark bar moving across it."""
+    with av.open(str(path), "w", format="webm") as container:
+        stream = container.add_stream("libvpx", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            image = np.full((size, size, 3), 215, np.uint8)
+            x = (i * 7) % (size - 20)
+            image[:, x:x + 20] = 40
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+def test_page_loads_idle_without_console_errors(studio: Studio) -> None:
+    studio.open()
+    page = studio.page
+    assert studio.pill() == "Idle"
+    assert studio.state() == "idle"
+    assert page.locator('[data-action="start"]').is_enabled()
+    assert page.locator('[data-role="start-label"]').inner_text() == "Start"
+    # pipeline list and status come from /pipelines/schemas and /pipeline/status
+    options = page.locator('[data-role="pipeline"] option')
+    assert {options.nth(i).get_attribute("value") for i in range(options.count())} >= {
+        "cpu-effect", "passthrough"}
+    assert page.locator('[data-role="pipeline"]').input_value() == "cpu-effect"
+    assert page.locator('[data-role="pipeline-badge"]').inner_text() == "cpu-effect"
+    assert page.locator('[data-role="pipeline-status"]').inner_text() == "Loaded"
+    assert "colour effect" in page.locator('[data-role="pipeline-desc"]').inner_text()
+    # load parameters are a form built from the pipeline's load schema, filled from its status
+    assert page.locator('[data-role="load-form"] [data-key="width"]').input_value() == "512"
+    # the loaded pipeline has a text mode: "Text only" is offered; the input matches its size
+    assert page.locator('button[data-source="text"]').is_enabled()
+    assert page.locator('[data-role="input-size"]').inner_text() == "512×512"
+    # prompt and defaults come from the pipeline's mode defaults
+    assert page.locator('[data-role="prompt-text"]').input_value() == "a neon city at night"
+    assert page.locator('[data-role="steps-list"]').inner_text() == "[700, 500]"
+    assert page.locator('[data-role="notice"]').is_hidden()
+    studio.screenshot("ui-idle.png")
+    assert studio.errors == []
+
+
+def test_webcam_stream_steer_snapshot_record_stop(studio: Studio, server: Server) -> None:
+    studio.open()
+    page = studio.page
+    elapsed = studio.start()
+    assert elapsed < CONNECT_LIMIT_S
+    assert studio.pill() == "Live"
+    session_id = studio.js("() => window.liveV2V.client.sessionId")
+    assert re.fullmatch(r"[0-9a-f-]{36}", session_id)
+    studio.assert_frames_grow(OUT)
+    studio.assert_frames_grow(IN)
+    # the camera picker lists the (fake) camera once permission is granted
+    assert page.locator('[data-role="camera"] option').count() >= 2
+
+    # Full strength, no grain: the output is the prompt's palette over the input's brightness.
+    page.evaluate(SET_RANGE_JS, ['[data-role="strength"]', "1"])
+    page.evaluate(SET_RANGE_JS, ['[data-role="noise"]', "0"])
+    studio.set_prompt("red")
+    eventually(lambda: studio.applied().get("prompts") == [{"text": "red", "weight": 1.0}]
+               and studio.applied().get("noise_scale") == 0.0
+               and studio.applied().get("denoising_step_list") == [1000, 500])
+    page.wait_for_timeout(500)  # frames made with the new parameters reach the <video>
+    red = studio.mean_rgb()
+    studio.set_prompt("blue")
+    eventually(lambda: studio.applied().get("prompts") == [{"text": "blue", "weight": 1.0}])
+    # The fake camera is dim green, so the palette shows mostly through its shadow colours:
+    # red → (R - B) ≈ +20, blue → ≈ -5 (0..255). The gap is deterministic (no grain).
+    blue = eventually(lambda: (lambda c: c if (red[0] - red[2]) - (c[0] - c[2]) > 10 else None)(
+        studio.mean_rgb()))
+    assert blue[2] > red[2] + 6, (red, blue)
+
+    # Two weighted prompts, then a transition (transition steps > 0 sends `transition`).
+    page.click('[data-action="add-prompt"]')
+    studio.set_prompt("green forest", index=1)
+    page.locator('[data-role="prompt-weight"]').nth(1).evaluate(
+        "(el) => { el.value = '0.5'; el.dispatchEvent(new Event('input', {bubbles: true})); }")
+    eventually(lambda: studio.applied().get("prompts") == [
+        {"text": "blue", "weight": 1.0}, {"text": "green forest", "weight": 0.5}])
+    page.locator('[data-role="blend"] [data-value="slerp"]').click()
+    eventually(lambda: studio.applied().get("prompt_interpolation_method") == "slerp")
+    page.locator('.lv-remove').nth(1).click()
+    page.evaluate(SET_RANGE_JS, ['[data-role="transition"]', "40"])
+    studio.set_prompt("red")
+    transition = eventually(lambda: studio.applied().get("transition"))
+    assert transition["target_prompts"] == [{"text": "red", "weight": 1.0}]
+    assert transition["num_steps"] == 40
+
+    # Pause and resume go over the channel at once.
+    page.click('[data-action="pause"]')
+    eventually(lambda: studio.applied().get("paused") is True)
+    page.click('[data-action="pause"]')
+    eventually(lambda: studio.applied().get("paused") is False)
+
+    # Stats overlay: browser and server figures.
+    studio.wait("() => Number(document.querySelector('[data-stat=\"fps\"]').textContent) > 5", 5)
+    assert page.locator('[data-stat="connection"]').inner_text() == "connected"
+    assert re.fullmatch(r"~\d+ ms", page.locator('[data-stat="latency"]').inner_text())
+    assert re.search(r"\d+ (kb|Mb)/s", page.locator('[data-stat="bitrate"]').inner_text())
+    assert "→" in page.locator('[data-stat="server-fps"]').inner_text()
+    page.wait_for_timeout(1200)  # the 40-step transition to red has finished
+    studio.screenshot("ui-streaming.png")
+
+    # Snapshot → PNG of the output size.
+    with page.expect_download() as download:
+        page.click('[data-action="snapshot"]')
+    png = Path(download.value.path()).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24]) == (512, 512)
+    assert download.value.suggested_filename.endswith(".png")
+
+    # Record → WebM.
+    page.click('[data-action="record"]')
+    assert page.locator('[data-role="rec-chip"]').is_visible()
+    page.wait_for_timeout(1500)
+    with page.expect_download() as download:
+        page.click('[data-action="record"]')
+    webm = Path(download.value.path()).read_bytes()
+    assert webm[:4] == b"\x1a\x45\xdf\xa3" and len(webm) > 2000
+    assert download.value.suggested_filename.endswith(".webm")
+
+    # Stop: the session is gone on the server.
+    page.click('[data-action="start"]')
+    studio.wait("() => window.liveV2V.client.state === 'idle'", 5)
+    assert studio.pill() == "Idle"
+    response = httpx.patch(f"{server.url}/api/v1/webrtc/offer/{session_id}",
+                           json={"candidates": []}, timeout=5)
+    assert response.status_code == 404
+    assert studio.js(f"() => document.querySelector('{OUT}').srcObject") is None
+    assert studio.errors == []
+
+
+def test_video_file_input(studio: Studio, tmp_path: Path) -> None:
+    clip = make_webm(tmp_path / "clip.webm")
+    studio.open()
+    page = studio.page
+    page.click('button[data-source="file"]')
+    page.set_input_files('[data-role="file"]', str(clip))
+    assert page.locator('[data-role="file-name"]').inner_text() == "clip.webm"
+    studio.start()
+    studio.assert_frames_grow(IN)
+    studio.assert_frames_grow(OUT)
+    # the server receives the file's frames (at the pipeline's 512×512) and runs in video mode
+    studio.wait("() => { const s = window.liveV2V.client.serverStats;"
+                " return s && s.frames_in > 10 && s.input_mode === 'video'; }", 5)
+    size = studio.js(f"() => [document.querySelector('{OUT}').videoWidth,"
+                     f" document.querySelector('{OUT}').videoHeight]")
+    assert size == [512, 512]
+    page.click('[data-action="start"]')
+    studio.wait("() => window.liveV2V.client.state === 'idle'", 5)
+    assert studio.errors == []
+
+
+def test_screen_capture_input(studio: Studio) -> None:
+    studio.open()
+    page = studio.page
+    page.click('button[data-source="screen"]')
+    studio.start()
+    studio.assert_frames_grow(IN)
+    studio.assert_frames_grow(OUT)
+    # the screen is fitted into the pipeline's size before it is sent
+    assert studio.js(f"() => document.querySelector('{IN}').videoWidth") == 512
+    studio.wait("() => (window.liveV2V.client.serverStats || {}).frames_in > 10", 5)
+    page.click('[data-action="start"]')
+    studio.wait("() => window.liveV2V.client.state === 'idle'", 5)
+    assert studio.errors == []
+
+
+def test_text_only_mode(studio: Studio) -> None:
+    studio.open()
+    page = studio.page
+    studio.js("""() => { window.__gum = 0; const real = navigator.mediaDevices.getUserMedia
+      .bind(navigator.mediaDevices); navigator.mediaDevices.getUserMedia = (c) => {
+      window.__gum++; return real(c); }; }""")
+    page.click('button[data-source="text"]')  # no camera is asked for (counted above)
+    # text mode defaults of the pipeline replace the untouched controls
+    assert page.locator('[data-role="steps-list"]').inner_text() == "[1000, 750, 500, 250]"
+    studio.start()
+    studio.assert_frames_grow(OUT)
+    assert studio.js("() => window.__gum") == 0
+    assert studio.js("() => window.liveV2V.client.pc.getTransceivers()"
+                     ".map((t) => t.direction)") == ["recvonly"]
+    studio.wait("() => { const s = window.liveV2V.client.serverStats;"
+                " return s && s.input_mode === 'text' && s.frames_out > 5; }", 5)
+    # the prompt steers generated frames too
+    page.evaluate(SET_RANGE_JS, ['[data-role="noise"]', "0"])
+    studio.set_prompt("red")
+    eventually(lambda: (lambda c: c[0] > c[2] + 60)(studio.mean_rgb()))
+    studio.set_prompt("blue")
+    eventually(lambda: (lambda c: c[2] > c[0] + 60)(studio.mean_rgb()))
+    assert studio.errors == []
+
+
+def test_stream_stopped_by_the_server_shows_why_and_reconnects(studio: Studio,
+                                                                server: Server) -> None:
+    studio.open()
+    page = studio.page
+    page.click('button[data-source="text"]')
+    studio.start()
+    first = studio.js("() => window.liveV2V.client.sessionId")
+    schemas = httpx.get(f"{server.url}/api/v1/pipelines/schemas", timeout=5).json()["pipelines"]
+    if "streamdiffusion" in schemas:
+        # A real pipeline failure: the stream stops with the loader's reason.
+        r = httpx.post(f"{server.url}/api/v1/pipeline/load", timeout=10, json={
+            "pipeline_ids": ["streamdiffusion"], "load_params": {"model_id": "/nonexistent"}})
+        assert r.status_code == 200, r.text
+        expected_title, expected_text = "The stream stopped", "failed to load"
+    else:
+        # No pipeline that can fail to load is registered yet: the server ends the session
+        # (DELETE, as an operator or a time limit would); stream_stopped carries no reason.
+        r = httpx.delete(f"{server.url}/api/v1/webrtc/offer/{first}", timeout=5)
+        assert r.status_code == 204
+        expected_title, expected_text = "The server ended the stream", "closed on the server"
+    try:
+        studio.wait("() => !document.querySelector('[data-role=\"notice\"]').hidden", 20)
+        notice = studio.notice()
+        assert notice["title"] == expected_title
+        assert expected_text in notice["text"]
+        assert "Reconnecting" in notice["hint"]
+        assert notice["actions"] == ["Reconnect now", "Stop"]
+        assert studio.pill().startswith("Reconnecting")
+        page.wait_for_timeout(300)  # let the controls' transitions settle for the picture
+        studio.screenshot("ui-error.png")
+    finally:
+        if "streamdiffusion" in schemas:
+            eventually(lambda: httpx.get(f"{server.url}/api/v1/pipeline/status").json()["status"]
+                       != "loading", timeout_s=60)
+            r = httpx.post(f"{server.url}/api/v1/pipeline/load", timeout=10,
+                           json={"pipeline_ids": ["cpu-effect"]})
+            assert r.status_code == 200
+    # automatic reconnect (2 s back-off first) with a new session
+    studio.wait("() => window.liveV2V.client.state === 'connected'", 20)
+    second = studio.js("() => window.liveV2V.client.sessionId")
+    assert second and second != first
+    studio.assert_frames_grow(OUT)
+    assert studio.notice()["title"] == "Reconnected"
+    page.click('[data-action="start"]')
+    studio.wait("() => window.liveV2V.client.state === 'idle'", 5)
+
+
+def test_actionable_errors(studio: Studio) -> None:
+    """Camera permission denied, no pipeline loaded (offer 400), connection timeout."""
+    page = studio.page
+    page.add_init_script("""navigator.mediaDevices.getUserMedia = () =>
+      Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));""")
+    studio.open()
+
+    page.click('[data-action="start"]')
+    studio.wait("() => !document.querySelector('[data-role=\"notice\"]').hidden", 5)
+    notice = studio.notice()
+    assert notice["code"] == "permission"
+    assert notice["title"] == "Camera access is blocked"
+    assert "Allow camera access" in notice["hint"]
+    assert "Use a video file" in notice["actions"]
+    assert studio.state() == "idle"
+    page.get_by_role("button", name="Use text only").click()
+    assert page.locator('button[data-source="text"]').get_attribute("aria-checked") == "true"
+
+    page.route("**/api/v1/webrtc/offer", lambda route: route.fulfill(
+        status=400, json={"detail": "Pipeline not loaded. Please load pipeline first."}))
+    page.click('[data-action="start"]')
+    studio.wait("() => document.querySelector('[data-role=\"notice\"]').dataset.code"
+                " === 'not_loaded'", 5)
+    notice = studio.notice()
+    assert notice["title"] == "No pipeline is loaded"
+    assert notice["text"] == "Pipeline not loaded. Please load pipeline first."
+    assert notice["actions"] == ["Load pipeline"]
+    assert studio.pill() == "Error"
+    page.unroute("**/api/v1/webrtc/offer")
+
+    # Connection that never completes: candidates are kept from both sides.
+    def strip_candidates(sdp: str) -> str:
+        return "".join(line for line in sdp.splitlines(keepends=True)
+                       if not line.startswith("a=candidate"))
+
+    def offer(route: Any) -> None:
+        body = route.request.post_data_json
+        body["sdp"] = strip_candidates(body["sdp"])
+        response = route.fetch(post_data=body)
+        answer = response.json()
+        answer["sdp"] = strip_candidates(answer["sdp"])
+        route.fulfill(response=response, json=answer)
+
+    page.route("**/api/v1/webrtc/offer", offer)
+    page.route("**/api/v1/webrtc/offer/*", lambda route: route.fulfill(status=204)
+               if route.request.method == "PATCH" else route.fallback())
+    studio.js("() => { window.liveV2V.client.options.connectTimeoutMs = 1500; }")
+    started = time.monotonic()
+    page.click('[data-action="start"]')
+    studio.wait("() => document.querySelector('[data-role=\"notice\"]').dataset.code"
+                " === 'timeout'", 6)
+    assert time.monotonic() - started < 5
+    notice = studio.notice()
+    assert notice["title"] == "Could not connect"
+    assert "did not complete within 1.5 s" in notice["text"]
+    assert "TURN" in notice["hint"] and "VPN" in notice["hint"]
+    assert notice["actions"] == ["Try again"]
+    assert studio.state() == "failed"
+    studio.screenshot("ui-timeout.png")
+
+
+def test_load_pipeline_from_the_page(studio: Studio, server: Server) -> None:
+    """Load another pipeline while streaming (the stream goes on), progress from the status
+    poll, a rejected load parameter, and back to cpu-effect."""
+    studio.open()
+    page = studio.page
+    studio.start()
+    select = page.locator('[data-role="pipeline"]')
+    try:
+        select.select_option("passthrough")
+        assert "unchanged" in page.locator('[data-role="pipeline-desc"]').inner_text()
+        assert page.locator('[data-role="pipeline-status"]').inner_text() == ""  # not loaded yet
+        page.click('[data-action="load"]')
+        studio.wait("() => document.querySelector('[data-role=\"pipeline-badge\"]').textContent"
+                    " === 'passthrough'", 10)
+        assert page.locator('[data-role="pipeline-status"]').inner_text() == "Loaded"
+        assert page.locator('[data-role="prompt-note"]').is_visible()  # prompts do nothing now
+        assert studio.state() == "connected"
+        studio.assert_frames_grow(OUT)
+        # passthrough: the output is the (green) camera picture again
+        eventually(lambda: (lambda c: c[1] > c[0] + 50 and c[1] > c[2] + 50)(studio.mean_rgb()))
+        page.click('[data-action="start"]')
+        studio.wait("() => window.liveV2V.client.state === 'idle'", 5)
+        assert page.locator('button[data-source="text"]').is_disabled()  # passthrough: no text
+
+        # An invalid load parameter: the 422 detail, readable.
+        select.select_option("cpu-effect")
+        page.locator('[data-role="load-details"] summary').click()
+        page.locator('[data-role="load-form"] [data-key="width"]').fill("100")
+        page.click('[data-action="load"]')
+        studio.wait("() => !document.querySelector('[data-role=\"notice\"]').hidden", 5)
+        notice = studio.notice()
+        assert notice["title"] == "Could not load “cpu-effect”"
+        assert notice["text"].startswith("width:") and "multiple of 8" in notice["text"]
+
+        # Progress while loading (the status poll is answered by the test for a moment).
+        page.route("**/api/v1/pipeline/status", lambda route: route.fulfill(json={
+            "status": "loading", "pipeline_id": "cpu-effect", "load_params": None,
+            "error": None, "loading_stage": "loading weights", "progress": 0.4,
+            "produces_video": True, "produces_audio": False}))
+        page.locator('[data-role="load-form"] [data-key="width"]').fill("512")
+        page.click('[data-action="load"]')
+        studio.wait("() => !document.querySelector('[data-role=\"progress\"]').hidden", 5)
+        assert page.locator('[data-role="progress-text"]').inner_text() == "loading weights · 40%"
+        assert page.locator('[data-action="load"]').is_disabled()
+        page.unroute("**/api/v1/pipeline/status")
+        studio.wait("() => document.querySelector('[data-role=\"progress\"]').hidden", 5)
+        assert page.locator('[data-role="pipeline-badge"]').inner_text() == "cpu-effect"
+        assert page.locator('button[data-source="text"]').is_enabled()
+    finally:
+        status = httpx.get(f"{server.url}/api/v1/pipeline/status", timeout=5).json()
+        if status["pipeline_id"] != "cpu-effect" or status["status"] != "loaded":
+            httpx.post(f"{server.url}/api/v1/pipeline/load", timeout=10,
+                       json={"pipeline_ids": ["cpu-effect"]})
+            eventually(lambda: httpx.get(f"{server.url}/api/v1/pipeline/status").json()
+                       ["status"] == "loaded")
