@@ -112,9 +112,11 @@ def effect_server() -> Iterator[Server]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Debian Chromium (never a downloaded one)."""
+    """Headless Debian Chromium (never a downloaded one). Per module: Playwright's sync API
+    keeps an event loop running in the main thread while it is open, which async tests in
+    other modules cannot share."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} missing: run the README's test command (it installs chromium)")
     from playwright.sync_api import sync_playwright
