@@ -1,0 +1,108 @@
+"""Churn: many sessions opened and closed (politely, abruptly, or never connected) against one
+server leave no sessions, streams, tasks, threads or file descriptors behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import threading
+import time
+
+import httpx
+from aiortc import RTCPeerConnection
+
+from signaling.client import LiveV2VClient, NumberedFrames
+from tests.conftest import serve_in_thread
+
+SESSIONS = int(os.environ.get("CHURN_SESSIONS", "200"))
+AT_ONCE = 8
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def one_session(url: str, i: int) -> str:
+    kind = ("polite", "abrupt", "never-connects")[i % 3]
+    if kind == "never-connects":
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient(base_url=url) as http:
+            r = await http.post("/api/v1/webrtc/offer",
+                                json={"sdp": pc.localDescription.sdp, "type": "offer"})
+            assert r.status_code == 200
+        await pc.close()  # the answer is never applied: the server must reap it
+        return kind
+    client = LiveV2VClient(url)
+    try:
+        await client.connect(NumberedFrames(size=64, fps=30))
+        await client.recv()
+        if kind == "polite":
+            assert await client.stop() == 204
+    finally:
+        await client.close()
+    return kind
+
+
+async def churn(url: str) -> dict[str, int]:
+    counts = {"polite": 0, "abrupt": 0, "never-connects": 0}
+    semaphore = asyncio.Semaphore(AT_ONCE)
+
+    async def run(i: int) -> None:
+        async with semaphore:
+            counts[await one_session(url, i)] += 1
+
+    await asyncio.gather(*(run(i) for i in range(SESSIONS)))
+    return counts
+
+
+async def server_tasks(loop: asyncio.AbstractEventLoop) -> int:
+    async def count() -> int:
+        return len(asyncio.all_tasks())
+
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(count(), loop))
+
+
+async def test_churn_leaks_nothing() -> None:
+    with serve_in_thread(pipeline="passthrough", connect_timeout_s=2.0,
+                         max_sessions=SESSIONS) as server:
+        sessions = server.app.state.sessions
+        service = server.app.state.service
+        await churn(server.url)  # warm-up round fills pools and caches
+        await wait_empty(sessions, service)
+        loop = await server_loop(server.url, sessions)
+        base = (threading.active_count(), open_fds(), await server_tasks(loop))
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.monotonic()
+        counts = await churn(server.url)
+        elapsed = time.monotonic() - started
+        await wait_empty(sessions, service)
+        after = (threading.active_count(), open_fds(), await server_tasks(loop))
+        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"\nchurn: {SESSIONS} sessions {counts} in {elapsed:.1f} s; threads/fds/tasks "
+          f"{base} -> {after}; max RSS {rss_before // 1024} -> {rss_after // 1024} MiB")
+    assert sum(counts.values()) == SESSIONS
+    assert after[0] <= base[0] + 2, "threads leaked"
+    assert after[1] <= base[1] + 10, "file descriptors leaked"
+    assert after[2] <= base[2] + 2, "tasks leaked"
+    assert rss_after - rss_before < 300 * 1024, "memory grew without bound"
+
+
+async def wait_empty(sessions, service, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(sessions) or service.stream_count:
+        assert time.monotonic() < deadline, f"{len(sessions)} sessions left"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # closed transports release their sockets
+
+
+async def server_loop(url: str, sessions) -> asyncio.AbstractEventLoop:
+    """The server's event loop, taken from a live session."""
+    async with LiveV2VClient(url) as client:
+        await client.connect(NumberedFrames(size=64, fps=30))
+        loop = sessions.get(client.session_id)._loop
+        await client.stop()
+    await asyncio.sleep(0.5)
+    return loop
