@@ -20,7 +20,7 @@ from .base import FrameRequest, Pipeline
 from .blending import conditioning
 from .params import Mode, ParameterUpdate, WeightedPrompt
 
-# highlight colour for a word (RGB 0..1); the shadow colour is a darker complement
+# highlight colour for a word (RGB 0..1); the shadow colour is a deep shade of the same hue
 _COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.95, 0.15, 0.1), "fire": (1.0, 0.45, 0.05), "orange": (1.0, 0.55, 0.1),
     "yellow": (1.0, 0.9, 0.15), "gold": (0.95, 0.75, 0.2), "sun": (1.0, 0.8, 0.3),
@@ -41,7 +41,8 @@ def style_vector(text: str) -> np.ndarray:
     words = [w.strip(".,;:!?\"'()") for w in text.lower().split()]
     named = [_COLOURS[w] for w in words if w in _COLOURS]
     high = np.mean(named, axis=0) if named else 0.35 + 0.65 * rnd[:3]
-    shadow = 0.35 * (1.0 - np.asarray(high)) * (0.4 + 0.6 * rnd[3:6])
+    # Same hue, so that the whole picture reads as the prompt's colour; a little variety per text.
+    shadow = np.asarray(high) * (0.08 + 0.1 * rnd[3:6])
     freqs = 2.0 + 10.0 * rnd[6:8]
     vec = np.concatenate([high, shadow, freqs]).astype(np.float32)
     vec.setflags(write=False)
@@ -79,7 +80,8 @@ class CpuEffectPipeline(Pipeline):
             value = _plasma(request.size, freqs, request.index)
             strength = 1.0
         else:
-            value = request.frame.astype(np.float32).mean(axis=2) / 255.0
+            # HSV value (the brightest channel): a saturated picture keeps its brightness.
+            value = request.frame.max(axis=2).astype(np.float32) / 255.0
             # The first (largest) timestep is the img2img strength: 700 → 70 % restyled.
             strength = request.params.denoising_step_list[0] / 1000.0
         value = value[..., None]
