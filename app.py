@@ -9,13 +9,14 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from pipeline import PipelineService
+from pipeline import LocalPathPolicy, PipelineService
 from signaling.config import ServerSettings
 from signaling.errors import install_error_handlers
 from signaling.ice import IceServerProvider, is_loopback_host
@@ -44,13 +45,15 @@ def default_pipeline() -> str:
 
 
 def create_app(settings: ServerSettings, load_params: dict | None = None) -> FastAPI:
-    service = PipelineService()
+    local = is_loopback_host(settings.host)
+    service = PipelineService(path_policy=LocalPathPolicy(allow_any=local,
+                                                          models_dir=settings.models_dir))
     ice = IceServerProvider(host=settings.host)
     sessions = SessionRegistry(service, ice, max_sessions=settings.max_sessions,
                                connect_timeout_s=settings.connect_timeout_s,
                                time_limit_s=settings.session_time_limit_s)
     release_frames_on_marker()  # one frame interval less latency per received frame
-    if is_loopback_host(settings.host):
+    if local:
         offer_loopback_candidates()
 
     @asynccontextmanager
@@ -75,7 +78,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
                        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
                        allow_headers=["*"], max_age=600)
     # API routes first: Gradio's mount at "/" is a catch-all.
-    app.include_router(build_router(sessions, service, ice, VERSION))
+    app.include_router(build_router(sessions, service, ice, VERSION, settings.api_key))
     app.include_router(ui_router)  # /ui/livev2v.js for pages other than ours
     return gr.mount_gradio_app(app, build_blocks(), path="/", **MOUNT_OPTIONS)
 
@@ -102,6 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--session-time-limit", type=float, default=None, metavar="SECONDS",
                         help="end each session after this long (useful on shared Spaces)")
     parser.add_argument("--root-path", default="", help="URL prefix behind a proxy")
+    parser.add_argument("--api-key", default=env.get("LIVEV2V_API_KEY") or None,
+                        help="require this key on every /api/v1 route (env LIVEV2V_API_KEY); "
+                             "clients send 'Authorization: Bearer <key>'")
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help="local model folders under this one may be loaded; without it, "
+                             "local folders are allowed only when bound to a loopback host")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
 
@@ -117,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         pipeline=None if pipeline == "none" else pipeline,
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
         max_sessions=args.max_sessions, session_time_limit_s=args.session_time_limit,
-        root_path=args.root_path,
+        root_path=args.root_path, api_key=args.api_key, models_dir=args.models_dir,
     )
     app = create_app(settings, args.load_params)
     shown = "localhost" if is_loopback_host(args.host) else args.host

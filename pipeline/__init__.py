@@ -4,13 +4,32 @@ from .base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCal
 from .errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
 from .frames import InputFrame, OutputFrame
 from .params import FrameParams, Mode, ParameterUpdate, WeightedPrompt
+from .paths import ForbiddenPathError, LocalPathPolicy
 from .registry import UnknownPipelineError
 from .service import PipelineService, PipelineStatus
 from .stream import Stream, StreamSink
 
 __all__ = [
-    "FrameParams", "FrameRequest", "InputFrame", "LoadInProgressError", "LoadParams",
-    "LoadingError", "Mode", "NotLoadedError", "OutputFrame", "ParameterUpdate", "Pipeline",
-    "PipelineError", "PipelineService", "PipelineStatus", "ProgressCallback", "Stream",
-    "StreamSink", "UnknownPipelineError", "UnsupportedModeError", "WeightedPrompt",
+    "ForbiddenPathError",
+    "FrameParams",
+    "FrameRequest",
+    "InputFrame",
+    "LoadInProgressError",
+    "LoadParams",
+    "LoadingError",
+    "LocalPathPolicy",
+    "Mode",
+    "NotLoadedError",
+    "OutputFrame",
+    "ParameterUpdate",
+    "Pipeline",
+    "PipelineError",
+    "PipelineService",
+    "PipelineStatus",
+    "ProgressCallback",
+    "Stream",
+    "StreamSink",
+    "UnknownPipelineError",
+    "UnsupportedModeError",
+    "WeightedPrompt",
 ]

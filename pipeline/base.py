@@ -31,6 +31,10 @@ class LoadParams(BaseModel):
     seed: int = Field(default=42, ge=0, le=2**63 - 1)
     vace_enabled: bool = True
 
+    def local_refs(self) -> list[str]:
+        """Values that may name a local folder (checked against the server's path policy)."""
+        return []
+
     @model_validator(mode="before")
     @classmethod
     def _base_seed_alias(cls, data: Any) -> Any:

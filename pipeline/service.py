@@ -23,6 +23,7 @@ from .base import FrameRequest, LoadParams, Pipeline, PipelineError
 from .errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
 from .frames import InputFrame
 from .params import Mode, ParameterUpdate
+from .paths import LocalPathPolicy
 from .stream import Stream, StreamSink
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ class _Work:
 
 
 class PipelineService:
-    def __init__(self, *, text_fps: float = 20.0, idle_wait_s: float = 0.5) -> None:
+    def __init__(self, *, text_fps: float = 20.0, idle_wait_s: float = 0.5,
+                 path_policy: LocalPathPolicy | None = None) -> None:
         self.text_fps = text_fps
+        self.path_policy = path_policy or LocalPathPolicy()
         self._idle_wait = idle_wait_s
         self._cond = threading.Condition()
         self._run_lock = threading.Lock()  # held while a pipeline processes or is swapped
@@ -93,9 +96,12 @@ class PipelineService:
     def load(self, pipeline_id: str, load_params: dict[str, Any] | None = None) -> None:
         """Validate and start loading; status is `loading` when this returns.
 
-        Raises UnknownPipelineError, pydantic.ValidationError, LoadInProgressError."""
+        Raises UnknownPipelineError, pydantic.ValidationError, ForbiddenPathError,
+        LoadInProgressError."""
         cls = registry.get(pipeline_id)
         params = cls.Params.model_validate(load_params or {})
+        for ref in params.local_refs():
+            self.path_policy.check(ref)
         with self._cond:
             if self._status == "loading":
                 if self._pipeline_id == pipeline_id and self._load_params == params:

@@ -72,6 +72,9 @@ class StreamDiffusionParams(LoadParams):
     similarity_max_skip: int = Field(default=10, ge=1, le=1000,
                                      description="Frames reused at most before one is rendered.")
 
+    def local_refs(self) -> list[str]:
+        return [ref for ref in (self.model_id, self.vae_id) if ref and ref != "full"]
+
 
 def to_timesteps(steps: Sequence[int], num_train_timesteps: int = 1000) -> list[int]:
     """Map `denoising_step_list` values (1000-step scale) to training timesteps (see module doc)."""

@@ -35,9 +35,11 @@ BITS = 16  # frame numbers are drawn as a 4×4 grid of black/white cells
 
 
 class LiveV2VClient:
-    def __init__(self, base_url: str, *, timeout_s: float = 15.0) -> None:
+    def __init__(self, base_url: str, *, api_key: str | None = None,
+                 timeout_s: float = 15.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, headers=headers)
         self.pc: RTCPeerConnection | None = None
         self.session_id: str | None = None
         self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -125,7 +127,8 @@ class LiveV2VClient:
 
     async def _get(self, path: str) -> Any:
         response = await self.http.get(path)
-        response.raise_for_status()
+        if response.status_code != 200:
+            raise ApiError(response.status_code, response.json().get("detail"))
         return response.json()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
@@ -20,6 +21,8 @@ class ServerSettings(BaseModel):
     session_time_limit_s: float | None = Field(default=None, gt=0)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     root_path: str = ""
+    api_key: str | None = Field(default=None, min_length=1, repr=False)
+    models_dir: Path | None = None
 
     def cors_origin_regex(self) -> str:
         extra = [re.escape(o.rstrip("/")) for o in self.cors_origins if o != "*"]

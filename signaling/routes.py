@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from pipeline import (
+    ForbiddenPathError,
     LoadingError,
     LoadInProgressError,
     NotLoadedError,
@@ -19,6 +20,7 @@ from pipeline import (
 )
 from pipeline import registry as pipelines
 
+from .auth import api_key_guard
 from .ice import IceServerProvider, IceServersResponse
 from .models import (
     CandidatesRequest,
@@ -37,7 +39,7 @@ RETRY_AFTER_S = "2"
 
 
 def build_router(sessions: SessionRegistry, service: PipelineService, ice: IceServerProvider,
-                 version: str) -> APIRouter:
+                 version: str, api_key: str | None = None) -> APIRouter:
     router = APIRouter()
     started = time.time()
 
@@ -46,7 +48,8 @@ def build_router(sessions: SessionRegistry, service: PipelineService, ice: IceSe
         return HealthResponse(timestamp=datetime.now(UTC).isoformat(),
                               server_start_time=started, version=version)
 
-    api = APIRouter(prefix="/api/v1")
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(api_key_guard(api_key))],
+                    responses={401: {"description": "API key missing or wrong (when one is set)"}})
 
     @api.get("/webrtc/ice-servers", response_model=IceServersResponse, tags=["webrtc"],
              response_model_exclude_none=False)
@@ -87,7 +90,7 @@ def build_router(sessions: SessionRegistry, service: PipelineService, ice: IceSe
         return Response(status_code=204)
 
     @api.post("/pipeline/load", response_model=MessageResponse, tags=["pipeline"],
-              responses={400: {}, 409: {}, 422: {}})
+              responses={400: {}, 403: {}, 409: {}, 422: {}})
     async def load(body: PipelineLoadRequest) -> MessageResponse:
         if body.pipelines:
             if len(body.pipelines) != 1:
@@ -108,6 +111,8 @@ def build_router(sessions: SessionRegistry, service: PipelineService, ice: IceSe
                 [{**e, "loc": ("body", "load_params", *e["loc"])}
                  for e in exc.errors(include_url=False, include_context=False)]
             ) from None
+        except ForbiddenPathError as exc:
+            raise HTTPException(403, str(exc)) from None
         except LoadInProgressError as exc:
             raise HTTPException(409, str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
         return MessageResponse(message="Pipeline loading initiated successfully")

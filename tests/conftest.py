@@ -41,13 +41,15 @@ def free_port() -> int:
 
 
 def wait_until_loaded(url: str, timeout_s: float = 60.0,
-                      done: tuple[str, ...] = ("loaded", "error")) -> dict[str, Any]:
+                      done: tuple[str, ...] = ("loaded", "error"),
+                      api_key: str | None = None) -> dict[str, Any]:
     """Poll /api/v1/pipeline/status until the start-up pipeline is loaded."""
     deadline = time.monotonic() + timeout_s
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     last: Any = None
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            last = httpx.get(f"{url}/api/v1/pipeline/status", timeout=2).json()
+            last = httpx.get(f"{url}/api/v1/pipeline/status", timeout=2, headers=headers).json()
             if last["status"] in done:
                 return last
         time.sleep(0.1)
@@ -64,7 +66,7 @@ class Server:
 def serve_in_thread(**settings: Any) -> Iterator[Server]:
     """The real app on a real uvicorn server, in this process (so tests can look inside)."""
     port = free_port()
-    app = create_app(ServerSettings(host="127.0.0.1", port=port, **settings))
+    app = create_app(ServerSettings(**{"host": "127.0.0.1", "port": port, **settings}))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -72,7 +74,7 @@ def serve_in_thread(**settings: Any) -> Iterator[Server]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_loaded(url, done=("loaded", "error") if settings.get("pipeline") else
-                          ("not_loaded",))
+                          ("not_loaded",), api_key=settings.get("api_key"))
         yield Server(url=url, app=app)
     finally:
         server.should_exit = True
@@ -89,7 +91,8 @@ def serve_process(*args: str, log_name: str = "server") -> Iterator[Server]:
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_loaded(url, timeout_s=90)
+        key = args[args.index("--api-key") + 1] if "--api-key" in args else None
+        wait_until_loaded(url, timeout_s=90, api_key=key)
         yield Server(url=url, app=None)
     finally:
         proc.terminate()

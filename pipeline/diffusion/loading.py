@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..base import PipelineError, ProgressCallback
+from ..paths import looks_local
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def resolve_source(ref: str, probe_file: str) -> Source:
     path = Path(ref).expanduser()
     if path.is_dir():
         return Source(str(path), is_folder=True, local_files_only=True)
-    if ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1:
+    if looks_local(ref):
         raise PipelineError(f"Model folder {path} does not exist. Pass an existing folder "
                             f"({_FOLDER_LAYOUT}) or a Hugging Face hub id such as "
                             "stabilityai/sd-turbo.")
