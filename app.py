@@ -7,9 +7,13 @@ import argparse
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import uvicorn
@@ -81,6 +85,47 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     app.include_router(build_router(sessions, service, ice, VERSION, settings.api_key))
     app.include_router(ui_router)  # /ui/livev2v.js for pages other than ours
     return gr.mount_gradio_app(app, build_blocks(), path="/", **MOUNT_OPTIONS)
+
+
+@dataclass
+class BackgroundServer:
+    """A server running on a daemon thread (notebooks, tests). `stop()` shuts it down cleanly."""
+
+    url: str
+    app: FastAPI
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+
+    def iframe(self, width: str | int = "100%", height: int = 860) -> Any:
+        """The page, for a notebook cell (camera access needs the iframe's `allow`)."""
+        from IPython.display import IFrame
+
+        return IFrame(self.url, width=width, height=height,
+                      extras=['allow="camera; microphone; autoplay; display-capture"'])
+
+
+def serve_in_background(load_params: dict | None = None, **settings: Any) -> BackgroundServer:
+    """Start the app on a daemon thread and return once it accepts connections.
+
+    In a notebook: `server = serve_in_background(port=8000); server.iframe()`.
+    (Gradio's `launch(inline=True)` cannot serve our FastAPI routes.)"""
+    config = ServerSettings(**settings)
+    app = create_app(config, load_params)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port,
+                                           log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, name="livev2v-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"LiveV2V did not start on {config.host}:{config.port}")
+        time.sleep(0.05)
+    shown = "localhost" if is_loopback_host(config.host) else config.host
+    return BackgroundServer(f"http://{shown}:{config.port}", app, server, thread)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -149,6 +149,7 @@ class StreamDiffusionPipeline(Pipeline):
     modes: ClassVar[tuple[Mode, ...]] = ("video", "text")
     Params = StreamDiffusionParams
     max_batch_size = 8
+    max_sessions = 4  # batched UNet calls: about 4 sessions at 512² stay interactive on one GPU
     params: StreamDiffusionParams
 
     def __init__(self, params: LoadParams) -> None:

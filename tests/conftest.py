@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,10 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from app import create_app
-from signaling.config import ServerSettings
+from app import serve_in_background
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "test-output"  # screenshots and logs from browser tests
@@ -65,20 +62,14 @@ class Server:
 @contextlib.contextmanager
 def serve_in_thread(**settings: Any) -> Iterator[Server]:
     """The real app on a real uvicorn server, in this process (so tests can look inside)."""
-    port = free_port()
-    app = create_app(ServerSettings(**{"host": "127.0.0.1", "port": port, **settings}))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
+    background = serve_in_background(**{"host": "127.0.0.1", "port": free_port(), **settings})
+    url = background.url.replace("localhost", "127.0.0.1")
     try:
         wait_until_loaded(url, done=("loaded", "error") if settings.get("pipeline") else
                           ("not_loaded",), api_key=settings.get("api_key"))
-        yield Server(url=url, app=app)
+        yield Server(url=url, app=background.app)
     finally:
-        server.should_exit = True
-        thread.join(15)
+        background.stop()
 
 
 @contextlib.contextmanager
