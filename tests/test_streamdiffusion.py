@@ -434,3 +434,32 @@ def test_service_streams_video_and_text_sessions(service: PipelineService,
     assert len(video_sink.frames) >= 1 and len(text_sink.frames) >= 3
     for out in (video_sink.frames[-1], text_sink.frames[-1]):
         assert out.image.shape == (SIZE, SIZE, 3) and out.image.dtype == np.uint8
+
+
+async def test_a_webrtc_session_through_the_app_returns_transformed_frames(
+        models: dict[str, Path]) -> None:
+    """The whole product path: `python app.py`-style server loading the tiny model from a folder
+    (the hub-id code path), an aiortc client sending frames and steering the prompt."""
+    from signaling.client import LiveV2VClient, NumberedFrames
+    from tests.conftest import serve_in_thread
+
+    load_params = {"model_id": str(models["sd"]), "vae_id": str(models["taesd"]),
+                   "height": SIZE, "width": SIZE}
+    with serve_in_thread(pipeline="streamdiffusion", load_params=load_params) as server:
+        async with LiveV2VClient(server.url) as client:
+            await client.connect(NumberedFrames(size=128, fps=10, tint=(200, 60, 60)),
+                                 {"prompts": prompts("a red fox"), "denoising_step_list": [700]})
+            first = await client.recv(timeout_s=30)
+            image = first.to_ndarray(format="rgb24")
+            assert image.shape == (SIZE, SIZE, 3)  # the pipeline's fixed size, not the input's
+            sent = np.full((SIZE, SIZE, 3), (200, 60, 60), np.uint8)
+            assert np.abs(image.astype(int) - sent).mean() > 10  # restyled, not passed through
+            await client.send({"prompts": prompts("a blue whale")})
+            assert (await client.message("parameters_updated"))["parameters"]["prompts"][0][
+                "text"] == "a red fox"  # the initial parameters, delivered when the channel opened
+            update = await client.message("parameters_updated")
+            assert update["parameters"]["prompts"][0]["text"] == "a blue whale"
+            # Frames keep coming on the new prompt (a random-weight model barely shows prompts in
+            # pixels; test_a_prompt_change_changes_the_output checks that at the pipeline).
+            for _ in range(3):
+                assert (await client.recv(timeout_s=30)).width == SIZE
