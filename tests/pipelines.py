@@ -9,7 +9,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline import FrameRequest, Mode, Pipeline, PipelineError, ProgressCallback
+from pipeline import (
+    FrameRequest,
+    Mode,
+    OutputFrame,
+    Pipeline,
+    PipelineError,
+    ProgressCallback,
+)
 from pipeline.registry import register
 
 
@@ -67,3 +74,26 @@ class GatedLoadPipeline(Pipeline):
 
     def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
         return [r.frame for r in batch]  # type: ignore[misc]
+
+
+class RecordingSink:
+    """A StreamSink that keeps what the worker hands it, for tests of the service."""
+
+    def __init__(self) -> None:
+        self.frames: list[OutputFrame] = []
+        self.stopped: list[str] = []
+        self.event = threading.Event()
+
+    def on_frame(self, frame: OutputFrame) -> None:
+        self.frames.append(frame)
+        self.event.set()
+
+    def on_stopped(self, message: str) -> None:
+        self.stopped.append(message)
+        self.event.set()
+
+    def wait(self, count: int = 1, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.frames) < count and not self.stopped and time.monotonic() < deadline:
+            self.event.wait(0.05)
+            self.event.clear()

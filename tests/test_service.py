@@ -16,34 +16,12 @@ from pipeline import (
     LoadingError,
     LoadInProgressError,
     NotLoadedError,
-    OutputFrame,
     ParameterUpdate,
     PipelineService,
     UnknownPipelineError,
     UnsupportedModeError,
 )
-from tests.pipelines import GatedLoadPipeline, InvertPipeline
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.frames: list[OutputFrame] = []
-        self.stopped: list[str] = []
-        self.event = threading.Event()
-
-    def on_frame(self, frame: OutputFrame) -> None:
-        self.frames.append(frame)
-        self.event.set()
-
-    def on_stopped(self, message: str) -> None:
-        self.stopped.append(message)
-        self.event.set()
-
-    def wait(self, count: int = 1, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.frames) < count and not self.stopped and time.monotonic() < deadline:
-            self.event.wait(0.05)
-            self.event.clear()
+from tests.pipelines import GatedLoadPipeline, InvertPipeline, RecordingSink
 
 
 def frame(value: int, pts: int = 0, size: int = 16) -> InputFrame:
@@ -72,7 +50,7 @@ def test_load_reports_loading_before_returning_then_progress_then_loaded(
     status = service.status()
     assert (status.progress, status.loading_stage) == (0.5, "waiting for the gate")
     with pytest.raises(LoadingError):
-        service.open_stream(Sink(), offers_video=True)
+        service.open_stream(RecordingSink(), offers_video=True)
     with pytest.raises(LoadInProgressError):
         service.load("passthrough")
     service.load("test-gated", {"height": 128})  # the same load joins the running one
@@ -86,7 +64,7 @@ def test_load_reports_loading_before_returning_then_progress_then_loaded(
 
 def test_failed_load_keeps_the_reason_and_stops_streams(service: PipelineService) -> None:
     service.load_blocking("passthrough")
-    sink = Sink()
+    sink = RecordingSink()
     service.open_stream(sink, offers_video=True)
     GatedLoadPipeline.gate.set()
     GatedLoadPipeline.fail = True
@@ -98,7 +76,7 @@ def test_failed_load_keeps_the_reason_and_stops_streams(service: PipelineService
     assert status.error == "weights not found: pass a local folder"
     assert sink.stopped and "weights not found" in sink.stopped[0]
     with pytest.raises(NotLoadedError):
-        service.open_stream(Sink(), offers_video=True)
+        service.open_stream(RecordingSink(), offers_video=True)
 
 
 def test_load_validates_id_and_params(service: PipelineService) -> None:
@@ -117,7 +95,7 @@ def test_base_seed_is_an_alias_of_seed(service: PipelineService) -> None:
 
 def test_frames_go_through_and_keep_their_timestamps(service: PipelineService) -> None:
     service.load_blocking("test-invert")
-    sink = Sink()
+    sink = RecordingSink()
     stream = service.open_stream(sink, offers_video=True)
     stream.push(frame(10, pts=1234))
     sink.wait(1)
@@ -131,7 +109,7 @@ def test_latest_frame_wins_when_the_pipeline_is_slow(service: PipelineService) -
     service.load_blocking("test-invert")
     InvertPipeline.delay_s = 0.2
     try:
-        sink = Sink()
+        sink = RecordingSink()
         stream = service.open_stream(sink, offers_video=True)
         stream.push(frame(1, pts=1))
         time.sleep(0.05)  # the worker is busy with frame 1
@@ -147,7 +125,7 @@ def test_latest_frame_wins_when_the_pipeline_is_slow(service: PipelineService) -
 def test_ready_sessions_are_batched_into_one_call(service: PipelineService) -> None:
     service.load_blocking("test-invert")
     InvertPipeline.delay_s = 0.2
-    sinks = [Sink() for _ in range(4)]
+    sinks = [RecordingSink() for _ in range(4)]
     streams = [service.open_stream(s, offers_video=True) for s in sinks]
     try:
         streams[0].push(frame(0))
@@ -165,7 +143,7 @@ def test_ready_sessions_are_batched_into_one_call(service: PipelineService) -> N
 
 def test_a_failing_pipeline_stops_only_the_affected_session(service: PipelineService) -> None:
     service.load_blocking("test-faulty")
-    bad, good = Sink(), Sink()
+    bad, good = RecordingSink(), RecordingSink()
     bad_stream = service.open_stream(bad, offers_video=True,
                                      initial=ParameterUpdate.model_validate(
                                          {"prompts": [{"text": "boom"}]}))
@@ -182,7 +160,7 @@ def test_a_failing_pipeline_stops_only_the_affected_session(service: PipelineSer
 def test_a_pipeline_that_would_end_the_worker_thread_does_not(
         service: PipelineService) -> None:
     service.load_blocking("test-faulty")
-    doomed, later = Sink(), Sink()
+    doomed, later = RecordingSink(), RecordingSink()
     stream = service.open_stream(doomed, offers_video=True, initial=ParameterUpdate.model_validate(
         {"prompts": [{"text": "die"}]}))
     stream.push(frame(1))
@@ -196,7 +174,7 @@ def test_a_pipeline_that_would_end_the_worker_thread_does_not(
 
 def test_text_mode_generates_frames_on_a_steady_clock(service: PipelineService) -> None:
     service.load_blocking("cpu-effect", {"height": 64, "width": 96})
-    sink = Sink()
+    sink = RecordingSink()
     service.open_stream(sink, offers_video=False)
     sink.wait(5)
     assert len(sink.frames) >= 5
@@ -209,15 +187,15 @@ def test_text_mode_generates_frames_on_a_steady_clock(service: PipelineService) 
 def test_video_only_pipeline_refuses_text_sessions(service: PipelineService) -> None:
     service.load_blocking("passthrough")
     with pytest.raises(UnsupportedModeError):
-        service.open_stream(Sink(), offers_video=False)
+        service.open_stream(RecordingSink(), offers_video=False)
     with pytest.raises(UnsupportedModeError):
-        service.open_stream(Sink(), offers_video=True,
+        service.open_stream(RecordingSink(), offers_video=True,
                             initial=ParameterUpdate(input_mode="text"))
 
 
 def test_paused_repeats_the_last_frame(service: PipelineService) -> None:
     service.load_blocking("test-invert")
-    sink = Sink()
+    sink = RecordingSink()
     stream = service.open_stream(sink, offers_video=True)
     stream.push(frame(10, pts=1))
     sink.wait(1)
@@ -233,7 +211,7 @@ def test_paused_repeats_the_last_frame(service: PipelineService) -> None:
 
 def test_closed_streams_leave_the_service(service: PipelineService) -> None:
     service.load_blocking("passthrough")
-    streams = [service.open_stream(Sink(), offers_video=True) for _ in range(3)]
+    streams = [service.open_stream(RecordingSink(), offers_video=True) for _ in range(3)]
     for st in streams:
         st.close()
     assert service.stream_count == 0

@@ -7,7 +7,6 @@ but determinism, batching, timesteps, conditioning and noise behave as with a re
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -20,7 +19,7 @@ import torch
 from diffusers import DDPMScheduler, EulerDiscreteScheduler
 from pydantic import ValidationError
 
-from pipeline import FrameRequest, InputFrame, OutputFrame, PipelineError, PipelineService
+from pipeline import FrameRequest, InputFrame, PipelineError, PipelineService
 from pipeline.diffusion.noise import SessionNoise
 from pipeline.params import FrameParams, Mode, ParameterState, ParameterUpdate
 from pipeline.streamdiffusion import (
@@ -30,6 +29,7 @@ from pipeline.streamdiffusion import (
     predicted_x0,
     to_timesteps,
 )
+from tests.pipelines import RecordingSink
 from tests.tiny_models import SCHEDULER_CONFIG, build_tiny_sd, build_tiny_taesd
 
 SIZE = 64
@@ -379,27 +379,6 @@ def test_cuda_requested_without_cuda_is_a_clear_error() -> None:
 
 # --- through the service -----------------------------------------------------------------------
 
-class Sink:
-    def __init__(self) -> None:
-        self.frames: list[OutputFrame] = []
-        self.stopped: list[str] = []
-        self.event = threading.Event()
-
-    def on_frame(self, frame: OutputFrame) -> None:
-        self.frames.append(frame)
-        self.event.set()
-
-    def on_stopped(self, message: str) -> None:
-        self.stopped.append(message)
-        self.event.set()
-
-    def wait(self, count: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.frames) < count and not self.stopped and time.monotonic() < deadline:
-            self.event.wait(0.05)
-            self.event.clear()
-
-
 @pytest.fixture
 def service() -> Iterator[PipelineService]:
     svc = PipelineService(text_fps=50)
@@ -421,7 +400,7 @@ def test_service_streams_video_and_text_sessions(service: PipelineService,
         "model_id": str(models["sd"]), "vae_id": str(models["taesd"]), "height": SIZE,
         "width": SIZE}, timeout=60)
     assert status.status == "loaded", status.error
-    video_sink, text_sink = Sink(), Sink()
+    video_sink, text_sink = RecordingSink(), RecordingSink()
     video = service.open_stream(video_sink, offers_video=True)
     service.open_stream(text_sink, offers_video=False)
     image = picture(shape=(90, 120))
