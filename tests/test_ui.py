@@ -2,7 +2,8 @@
 
 One server for the module (started as a user starts it); a fresh browser context per test.
 Screenshots land in test-output/ (ui-idle.png, ui-streaming.png, ui-error.png,
-ui-timeout.png). The error test uses a real pipeline failure (loading `streamdiffusion` from a
+ui-timeout.png, and ui-api-key.png / ui-api-key-wrong.png from a second server started with
+`--api-key`). The error test uses a real pipeline failure (loading `streamdiffusion` from a
 missing folder) when that pipeline is registered, else a server-side DELETE of the session.
 """
 
@@ -508,3 +509,207 @@ def test_load_pipeline_from_the_page(studio: Studio, server: Server) -> None:
                        json={"pipeline_ids": ["cpu-effect"]})
             eventually(lambda: httpx.get(f"{server.url}/api/v1/pipeline/status").json()
                        ["status"] == "loaded")
+
+
+# --- API key (server started with --api-key) -------------------------------------------------
+
+API_KEY = "s3cret"
+AUTH_CARD = '[data-role="auth"]'
+AUTH_INPUT = '[data-role="auth-key"]'
+AUTH_ERROR = '[data-role="auth-error"]'
+# What Chromium logs for every fetch answered 401: expected while no (or a wrong) key is set.
+UNAUTHORIZED_LOG = ("Failed to load resource: the server responded with a status of 401"
+                    " (Unauthorized)")
+
+
+@pytest.fixture(scope="module")
+def keyed_server() -> Iterator[Server]:
+    with serve_process("--pipeline", "cpu-effect", "--api-key", API_KEY,
+                       log_name="ui-key-server") as server:
+        yield server
+
+
+class KeyedStudio(Studio):
+    """The studio on a server that wants a key: also records every /api/v1 response (method,
+    path, status, Authorization header) and where each console error came from."""
+
+    def __init__(self, page: Any, url: str) -> None:
+        super().__init__(page, url)
+        self.console: list[tuple[str, str]] = []
+        self.api: list[tuple[str, str, int, str | None]] = []
+        page.on("console", lambda m: m.type == "error" and self.console.append(
+            (m.text, m.location.get("url", ""))))
+        page.on("response", lambda r: "/api/v1/" in r.url and self.api.append(
+            (r.request.method, r.url.split("/api/v1/", 1)[1], r.status,
+             r.request.headers.get("authorization"))))
+
+    def open(self, fragment: str = "") -> KeyedStudio:
+        self.page.goto(self.url + "/" + fragment)
+        self.page.wait_for_function("() => window.liveV2V", timeout=20000)
+        return self
+
+    def unexpected_errors(self) -> list[str]:
+        """Console errors other than the 401s of /api/v1 requests (and any page error)."""
+        return [e for e in self.errors if e.startswith("pageerror")] + [
+            f"{text} ({url})" for text, url in self.console
+            if not (text == UNAUTHORIZED_LOG and "/api/v1/" in url)]
+
+    def unauthorized(self) -> list[tuple[str, str, int, str | None]]:
+        return [r for r in self.api if r[2] == 401]
+
+    def wait_locked(self, timeout_s: float = 10.0) -> None:
+        self.wait("() => window.liveV2V && window.liveV2V.locked"
+                  f" && !document.querySelector('{AUTH_CARD}').hidden", timeout_s)
+
+    def enter_key(self, key: str) -> None:
+        self.page.locator(AUTH_INPUT).fill(key)
+        self.page.locator('[data-role="auth-submit"]').click()
+
+    def stored_key(self) -> Any:
+        return self.js("() => [sessionStorage.getItem('livev2v.apiKey'),"
+                       " Object.keys(localStorage).filter((k) => /key/i.test(k))]")
+
+
+@pytest.fixture
+def keyed_studio(browser: Any, keyed_server: Server) -> Iterator[KeyedStudio]:
+    context = browser.new_context(viewport={"width": 1440, "height": 960})
+    page = context.new_page()
+    try:
+        yield KeyedStudio(page, keyed_server.url)
+    finally:
+        context.close()
+
+
+def test_api_key_prompt_wrong_key_then_unlock_and_stream(keyed_studio: KeyedStudio,
+                                                         keyed_server: Server) -> None:
+    studio = keyed_studio.open()
+    page = studio.page
+    studio.wait_locked()
+    # The prompt, not a generic error: schemas and status were answered 401.
+    assert page.locator('[data-role="auth-title"]').inner_text() == "This server needs an API key"
+    assert page.locator('[data-role="auth-submit"]').inner_text() == "Unlock"
+    assert page.locator(AUTH_INPUT).get_attribute("type") == "password"
+    assert studio.js("() => document.activeElement.dataset.role") == "auth-key"
+    assert page.locator('[data-role="notice"]').is_hidden()
+    assert page.locator(AUTH_ERROR).inner_text() == ""
+    assert studio.pill() == "Locked"
+    assert {path for _, path, _, _ in studio.unauthorized()} >= {"pipeline/status",
+                                                                 "pipelines/schemas"}
+    assert all(auth is None for *_, auth in studio.api)
+    page.wait_for_timeout(400)  # let the card settle for the picture
+    studio.screenshot("ui-api-key.png")
+    # no status polling while locked: it would only collect 401s
+    seen = len(studio.api)
+    page.wait_for_timeout(5600)
+    assert len(studio.api) == seen
+
+    # A wrong key: the prompt stays, says so, and nothing is remembered.
+    studio.enter_key("nope")
+    studio.wait(f"() => document.querySelector('{AUTH_ERROR}').textContent !== ''", 5)
+    assert page.locator(AUTH_ERROR).inner_text() == (
+        "That key was not accepted. Check it and try again.")
+    assert page.locator(AUTH_INPUT).get_attribute("aria-invalid") == "true"
+    assert page.locator(AUTH_CARD).is_visible()
+    assert studio.js("() => window.liveV2V.locked") is True
+    assert studio.stored_key() == [None, []]
+    assert studio.unauthorized()[-1][3] == "Bearer nope"
+    page.wait_for_timeout(400)
+    studio.screenshot("ui-api-key-wrong.png")
+
+    # The right key: unlocked, the pipeline list and status load, the key is kept for the tab.
+    studio.enter_key(API_KEY)
+    studio.wait(f"() => document.querySelector('{AUTH_CARD}').hidden"
+                " && window.liveV2V.status && !window.liveV2V.locked", 5)
+    assert studio.pill() == "Idle"
+    assert page.locator('[data-role="pipeline-badge"]').inner_text() == "cpu-effect"
+    assert page.locator('[data-role="pipeline"]').input_value() == "cpu-effect"
+    assert studio.notice()["title"] == "Unlocked"
+    assert studio.stored_key() == [API_KEY, []]  # sessionStorage, never localStorage
+
+    # Start (webcam) works with the key: every request carries it.
+    first = len(studio.api)
+    studio.start()
+    studio.assert_frames_grow(OUT)
+    session_id = studio.js("() => window.liveV2V.client.sessionId")
+    after = studio.api[first:]
+    assert {path for _, path, _, _ in after} >= {"webrtc/ice-servers", "webrtc/offer"}
+    assert all(status < 400 and auth == f"Bearer {API_KEY}" for _, _, status, auth in after), after
+    page.click('[data-action="start"]')
+    studio.wait("() => window.liveV2V.client.state === 'idle'", 5)
+    r = httpx.patch(f"{keyed_server.url}/api/v1/webrtc/offer/{session_id}", json={"candidates": []},
+                    headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5)
+    assert r.status_code == 404  # the DELETE (with the key) removed the session
+
+    # A reload in the same tab keeps the key: no prompt.
+    page.reload()
+    page.wait_for_function("() => window.liveV2V && window.liveV2V.status", timeout=20000)
+    assert page.locator(AUTH_CARD).is_hidden()
+    assert studio.unexpected_errors() == []
+
+
+def test_api_key_from_the_link(keyed_studio: KeyedStudio) -> None:
+    """`#key=...` unlocks without the prompt and leaves the address bar."""
+    studio = keyed_studio.open(f"#key={API_KEY}")
+    page = studio.page
+    studio.wait("() => window.liveV2V.status", 20)
+    assert page.locator(AUTH_CARD).is_hidden()
+    assert studio.js("() => window.liveV2V.locked") is False
+    assert studio.js("() => location.hash") == ""
+    assert "key" not in page.url and "s3cret" not in page.url
+    assert studio.stored_key() == [API_KEY, []]
+    assert studio.unauthorized() == []
+    studio.start()
+    studio.assert_frames_grow(OUT)
+    assert all(auth == f"Bearer {API_KEY}" for *_, auth in studio.api)
+    page.click('[data-action="start"]')
+    studio.wait("() => window.liveV2V.client.state === 'idle'", 5)
+    assert studio.errors == []
+
+
+def test_api_key_wrong_link_start_waits_and_no_reconnect_loop(keyed_studio: KeyedStudio,
+                                                              keyed_server: Server) -> None:
+    """A wrong key in the link shows the prompt; Start pressed while locked starts once the key
+    is entered; a 401 during an automatic reconnect stops it (no retry loop) and asks again."""
+    studio = keyed_studio.open("#key=wrong")
+    page = studio.page
+    studio.wait_locked()
+    studio.wait(f"() => document.querySelector('{AUTH_ERROR}').textContent !== ''", 5)
+    assert "The key in the link was not accepted" in page.locator(AUTH_ERROR).inner_text()
+    assert studio.js("() => location.hash") == ""
+    assert studio.stored_key() == [None, []]
+
+    studio.js("""() => { window.__gum = 0; const real = navigator.mediaDevices.getUserMedia
+      .bind(navigator.mediaDevices); navigator.mediaDevices.getUserMedia = (c) => {
+      window.__gum++; return real(c); }; }""")
+    page.click('[data-action="start"]')
+    page.wait_for_timeout(300)
+    assert studio.state() == "idle" and studio.js("() => window.__gum") == 0  # no camera yet
+    assert studio.js("() => document.activeElement.dataset.role") == "auth-key"
+    studio.enter_key(API_KEY)
+    studio.wait("() => window.liveV2V.client.state === 'connected'", CONNECT_LIMIT_S)
+    studio.assert_frames_grow(OUT)
+    assert studio.js("() => window.__gum") == 1
+
+    # The server's key changes (here: the page's key is made wrong) and the server ends the
+    # session: one reconnect try gets a 401, and that is the end of it.
+    studio.js("() => window.liveV2V.client.setApiKey('rotated')")
+    session_id = studio.js("() => window.liveV2V.client.sessionId")
+    r = httpx.delete(f"{keyed_server.url}/api/v1/webrtc/offer/{session_id}",
+                     headers={"X-API-Key": API_KEY}, timeout=5)
+    assert r.status_code == 204
+    studio.wait_locked()
+    studio.wait("() => window.liveV2V.client.state === 'failed'", 10)
+    assert studio.js("() => window.liveV2V.client._reconnectTimer") is None
+    tries = len([r for r in studio.api if r[1] == "webrtc/ice-servers"])
+    page.wait_for_timeout(4500)  # past the next back-off step (4 s)
+    assert len([r for r in studio.api if r[1] == "webrtc/ice-servers"]) == tries
+    assert studio.js("() => window.liveV2V.client.state") == "failed"
+    assert studio.pill() == "Locked"
+    assert page.locator('[data-role="notice"]').is_hidden()  # no stale "Reconnecting…"
+    # entering the key again starts the stream again
+    studio.enter_key(API_KEY)
+    studio.wait("() => window.liveV2V.client.state === 'connected'", CONNECT_LIMIT_S)
+    studio.assert_frames_grow(OUT)
+    page.click('[data-action="start"]')
+    studio.wait("() => window.liveV2V.client.state === 'idle'", 5)
+    assert studio.unexpected_errors() == []

@@ -8,6 +8,7 @@
 //
 //   import { LiveV2VClient, openCamera } from "./livev2v.js";
 //   const client = new LiveV2VClient();                 // relative URLs; or {baseUrl: "http://host:8000"}
+//                                                       // a server started with --api-key: {apiKey: "..."}
 //   client.addEventListener("track", (e) => { video.srcObject = e.detail.stream; });
 //   await client.connect({ input: await openCamera({ width: 512, height: 512 }),
 //                          initialParameters: { prompts: [{ text: "a watercolor", weight: 1 }] } });
@@ -37,12 +38,20 @@ const DEFAULTS = {
   maxReconnectAttempts: 20,
   statsIntervalMs: 1000,
   fetch: null, // a fetch implementation (defaults to globalThis.fetch)
+  apiKey: null, // sent as `Authorization: Bearer <apiKey>` on every request (server --api-key)
 };
 
 const TIMEOUT_HINT =
   "The network path between your browser and the server did not open. If the server is on " +
   "another network it needs a TURN relay (set TURN_URLS / TURN_USERNAME / TURN_CREDENTIAL or " +
   "HF_TOKEN on the server); a VPN or a firewall that blocks UDP can also cause this.";
+
+const NO_KEY_HINT =
+  "This server needs an API key: ask its operator for it, then pass it to the client " +
+  "(new LiveV2VClient({apiKey}) or client.setApiKey(key)).";
+const WRONG_KEY_HINT =
+  "This server needs an API key and did not accept the one sent: check it with the server's " +
+  "operator (the server was started with --api-key or LIVEV2V_API_KEY).";
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -59,6 +68,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  *   stats        {...}               once a second: see getStats()
  *   stopped      {error_message, byServer, willReconnect}
  *   reconnecting {attempt, delayMs, reason}
+ *   unauthorized {error, path, keySent}  any request was answered 401 (API key missing or wrong)
  *   error        {error}             a LiveV2VError that ended a connect or a reconnect
  */
 export class LiveV2VClient extends EventTarget {
@@ -80,6 +90,16 @@ export class LiveV2VClient extends EventTarget {
     this._reconnectTimer = null;
     this._statsTimer = null;
     this._prevCounters = null;
+  }
+
+  /** The API key sent with every request (null: none). */
+  get apiKey() {
+    return this.options.apiKey || null;
+  }
+
+  /** Use another API key from the next request on (null or "" removes it). */
+  setApiKey(key) {
+    this.options.apiKey = key ? String(key) : null;
   }
 
   // --- small helpers ---------------------------------------------------------------------
@@ -114,11 +134,14 @@ export class LiveV2VClient extends EventTarget {
 
   async _request(method, path, body) {
     const doFetch = this.options.fetch || globalThis.fetch.bind(globalThis);
+    const headers = body === undefined ? {} : { "Content-Type": "application/json" };
+    const apiKey = this.apiKey;
+    if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
     let response;
     try {
       response = await doFetch(this.url(path), {
         method,
-        headers: body === undefined ? {} : { "Content-Type": "application/json" },
+        headers,
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (cause) {
@@ -139,6 +162,15 @@ export class LiveV2VClient extends EventTarget {
     if (!response.ok) {
       const detail = data && data.detail !== undefined ? data.detail : text;
       const message = typeof detail === "string" ? detail : JSON.stringify(detail);
+      if (response.status === 401) {
+        const error = new LiveV2VError(
+          apiKey ? "The server did not accept the API key." : "This server needs an API key.",
+          { code: "unauthorized", status: 401, detail, hint: apiKey ? WRONG_KEY_HINT : NO_KEY_HINT },
+        );
+        error.keySent = !!apiKey;
+        this._emit("unauthorized", { error, path, keySent: !!apiKey });
+        throw error;
+      }
       throw new LiveV2VError(message || `HTTP ${response.status}`, {
         code: classify(response.status, message),
         status: response.status,
@@ -234,7 +266,7 @@ export class LiveV2VClient extends EventTarget {
     try {
       iceServers = await this.getIceServers();
     } catch (error) {
-      if (error.code === "network") throw error;
+      if (error.code === "network" || error.code === "unauthorized") throw error;
       console.warn("LiveV2V: no ICE server list; using host candidates only", error);
     }
     if (!alive()) throw abort();
@@ -333,7 +365,7 @@ export class LiveV2VClient extends EventTarget {
       candidates,
     }).catch((error) => {
       // 404: the session has gone; the stream_stopped message tells the rest.
-      if (error.status !== 404) console.warn("LiveV2V: ICE candidate not delivered", error);
+      if (error.status !== 404 && error.status !== 401) console.warn("LiveV2V: ICE candidate not delivered", error);
     });
   }
 
@@ -453,6 +485,12 @@ export class LiveV2VClient extends EventTarget {
         await this._open();
       } catch (error) {
         if (error.code === "aborted" || this._userStopped) return;
+        if (error.code === "unauthorized") {
+          // Retrying cannot fix a missing or wrong key: stop here (the page asks for one).
+          this._setState("failed");
+          this._emit("error", { error });
+          return;
+        }
         this._emit("reconnecting-failed", { error });
         this._scheduleReconnect(error.message);
       }

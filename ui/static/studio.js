@@ -1,6 +1,7 @@
 // The LiveV2V studio page: wires the markup of studio.html to the client in livev2v.js.
 // Mounted by the Gradio page (ui/blocks.py); `mountStudio(element, {baseUrl})` works on any page
-// that contains the same markup.
+// that contains the same markup (option `apiKey`; else `#key=` in the address or this tab's
+// sessionStorage, and the page asks for one when the server answers 401).
 
 // The client is imported with this module's own query string (the page's cache-busting
 // version), so both always come from the same release.
@@ -20,6 +21,7 @@ const {
 const MAX_PROMPTS = 16;
 const TEXT_DEBOUNCE_MS = 350;
 const SLIDER_THROTTLE_MS = 80;
+const KEY_STORAGE = "livev2v.apiKey"; // sessionStorage: this tab only, gone when it closes
 
 export function mountStudio(root, options = {}) {
   const studio = new Studio(root, options);
@@ -28,9 +30,18 @@ export function mountStudio(root, options = {}) {
 }
 
 class Studio {
-  constructor(root, { baseUrl = null, client = null } = {}) {
+  constructor(root, { baseUrl = null, client = null, apiKey = null } = {}) {
     this.root = root;
     this.client = client || new LiveV2VClient({ baseUrl });
+    // The API key (servers started with --api-key): given, from a shared link (#key=...),
+    // or remembered for this tab. A 401 on any request shows the key prompt (lock()).
+    const linkKey = takeKeyFromFragment();
+    const key = apiKey || linkKey || loadKey();
+    if (key) this.client.setApiKey(key);
+    if (linkKey) saveKey(linkKey);
+    this.keyFrom = key ? (apiKey ? "option" : linkKey ? "link" : "stored") : null;
+    this.locked = false; // a request was answered 401: waiting for a key
+    this.pendingAction = null; // what to do again once unlocked (Start, Load)
     this.schemas = {};
     this.status = null;
     this.source = "webcam";
@@ -106,8 +117,16 @@ class Studio {
     });
     this.$("pipeline").addEventListener("change", () => this.renderPipelineInfo());
     this.$("camera").addEventListener("change", () => this.touched.add("camera"));
+    this.$("auth").addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.unlock();
+    });
+    this.$("auth-key").addEventListener("input", () => {
+      this.$("auth-key").removeAttribute("aria-invalid");
+    });
 
     const c = this.client;
+    c.on("unauthorized", ({ keySent }) => this.lock({ refused: keySent }));
     c.on("state", ({ state }) => this.onState(state));
     c.on("track", ({ stream }) => {
       const video = this.$("output-video");
@@ -135,6 +154,7 @@ class Studio {
     c.on("stopped", (d) => this.onStopped(d));
     c.on("reconnecting", (d) => this.onReconnecting(d));
     c.on("error", ({ error }) => {
+      if (error.code === "unauthorized") this.pendingAction = () => this.start();
       if (this.client.state === "failed" && error.code !== "aborted") {
         this.stopInput();
         this.showError(error);
@@ -191,8 +211,10 @@ class Studio {
 
   pollStatus() {
     clearTimeout(this.statusTimer);
+    if (this.locked) return; // no key: polling would only collect 401s (unlock() restarts it)
     const loading = this.status && this.status.status === "loading";
     this.statusTimer = setTimeout(async () => {
+      if (this.locked) return;
       try {
         this.applyStatus(await this.client.getStatus());
       } catch {
@@ -370,6 +392,7 @@ class Studio {
     try {
       await this.client.loadPipeline(id, this.readLoadForm());
     } catch (error) {
+      if (error.code === "unauthorized") this.pendingAction = () => this.loadPipeline();
       this.showError(error, `Could not load “${id}”`);
       return;
     }
@@ -507,6 +530,11 @@ class Studio {
   }
 
   async _start() {
+    if (this.locked) {
+      this.pendingAction = () => this.start(); // starts once the key is entered
+      this.lock({ attention: true });
+      return;
+    }
     this.hideNotice();
     const prompts = this.validPrompts();
     if (!prompts) return;
@@ -514,6 +542,11 @@ class Studio {
     const run = ++this.run;
     await this.refreshStatus(); // the input size and the text mode follow the loaded pipeline
     if (run !== this.run) return;
+    if (this.locked) {
+      this.onState("idle");
+      this.pendingAction = () => this.start();
+      return;
+    }
     if (this.source === "text" && !this.supportsText()) {
       this.onState("idle");
       this.notice({
@@ -552,6 +585,7 @@ class Studio {
       });
     } catch (error) {
       if (error.code === "aborted") return;
+      if (error.code === "unauthorized") this.pendingAction = () => this.start();
       this.stopInput();
       this.showError(error); // the client's "error" event has shown it too; same notice
     }
@@ -600,7 +634,7 @@ class Studio {
       reconnecting: ["connecting", "Reconnecting…"],
       failed: ["error", "Error"],
     };
-    const [tone, text] = tones[state] || tones.idle;
+    const [tone, text] = this.locked && !this.isActive() ? ["locked", "Locked"] : tones[state] || tones.idle;
     this.setPill(tone, text);
     this.$("output-placeholder-text").textContent =
       state === "connecting" ? "Connecting…" : state === "reconnecting" ? "Reconnecting…" : "Press Start to stream";
@@ -930,8 +964,109 @@ class Studio {
 
   // --- notices -----------------------------------------------------------------------------------
 
+  // --- API key ---------------------------------------------------------------------------------
+
+  /**
+   * Show the key prompt: the server answered 401. `refused`: a key was sent and not accepted
+   * (it is forgotten). Status polling pauses until unlock() succeeds.
+   */
+  lock({ refused = false, attention = false } = {}) {
+    const wasLocked = this.locked;
+    // Parallel requests with the same key each get a 401: the first one says it all.
+    if (refused && !this.client.apiKey) refused = false;
+    this.locked = true;
+    clearTimeout(this.statusTimer);
+    const app = this.root.querySelector(".lv-app");
+    app.dataset.locked = "";
+    const form = this.$("auth");
+    const input = this.$("auth-key");
+    const error = this.$("auth-error");
+    form.hidden = false;
+    if (refused) {
+      error.textContent = {
+        link: "The key in the link was not accepted. Check it with the person who shared it, or enter it here.",
+        stored: "The saved key is no longer accepted. Enter the current key.",
+      }[this.keyFrom] || "That key was not accepted. Check it and try again.";
+      input.setAttribute("aria-invalid", "true");
+      forgetKey();
+      this.client.setApiKey(null);
+      this.keyFrom = null;
+    }
+    if (refused || attention) {
+      form.classList.remove("lv-shake");
+      void form.offsetWidth; // restart the animation
+      form.classList.add("lv-shake");
+    }
+    if (!this.isActive()) {
+      this.setPill("locked", "Locked", "This server needs an API key");
+      // A reconnect that got the 401 is over: its "Reconnecting…" notice would be stale.
+      this.clearReconnectCountdown();
+      if (this.noticeKind === "stopped") this.hideNotice();
+    }
+    if (document.activeElement !== input) input.focus({ preventScroll: wasLocked });
+    if (refused) input.select();
+  }
+
+  /** Try the key typed in the prompt: reload the pipeline list and status with it. */
+  async unlock() {
+    const input = this.$("auth-key");
+    const error = this.$("auth-error");
+    const button = this.$("auth-submit");
+    const key = input.value.trim();
+    if (!key || !/^[\x20-\x7e]+$/.test(key)) {
+      error.textContent = key
+        ? "An API key can only contain letters, digits and ASCII punctuation."
+        : "Enter the API key first.";
+      input.setAttribute("aria-invalid", "true");
+      input.focus();
+      return;
+    }
+    button.disabled = true;
+    this.$("auth-submit-label").textContent = "Checking…";
+    error.textContent = "";
+    this.client.setApiKey(key);
+    this.keyFrom = "typed";
+    this.locked = false; // lets refresh() poll again; a 401 locks once more
+    try {
+      await this.refresh();
+    } catch (e) {
+      if (e.code !== "unauthorized") {
+        // The key may be right: the server did not answer. Keep it and say what happened.
+        saveKey(key);
+        this.unlocked();
+        this.showError(e);
+      }
+      return;
+    } finally {
+      button.disabled = false;
+      this.$("auth-submit-label").textContent = "Unlock";
+    }
+    saveKey(key);
+    this.unlocked();
+    const pending = this.pendingAction;
+    this.pendingAction = null;
+    if (pending) pending();
+    else this.notice({ tone: "ok", title: "Unlocked", text: "The API key is kept in this tab until you close it.", autoHideMs: 4000 });
+  }
+
+  unlocked() {
+    this.locked = false;
+    const form = this.$("auth");
+    form.hidden = true;
+    form.classList.remove("lv-shake");
+    this.$("auth-key").value = "";
+    this.$("auth-key").removeAttribute("aria-invalid");
+    this.$("auth-error").textContent = "";
+    delete this.root.querySelector(".lv-app").dataset.locked;
+    this.onState(this.client.state);
+  }
+
   showError(error, title = null) {
     const e = error instanceof LiveV2VError ? error : new LiveV2VError(String(error.message || error));
+    if (e.code === "unauthorized") {
+      this.lock({ refused: false }); // the "unauthorized" event has said whether a key was refused
+      return;
+    }
     const titles = {
       permission: "Camera access is blocked",
       no_device: "No camera found",
@@ -1008,6 +1143,56 @@ class Studio {
 }
 
 // --- small helpers ---------------------------------------------------------------------------------
+
+/**
+ * `#key=SECRET` in the page's address (a link a server operator shares): read once, then
+ * removed from the address bar (other fragment parts stay).
+ */
+function takeKeyFromFragment() {
+  const hash = window.location.hash.replace(/^#/, "");
+  if (!hash) return null;
+  const parts = hash.split("&");
+  const index = parts.findIndex((p) => p.startsWith("key="));
+  if (index < 0) return null;
+  let key = parts[index].slice(4);
+  try {
+    key = decodeURIComponent(key);
+  } catch {
+    /* not %-encoded: take it as it is */
+  }
+  parts.splice(index, 1);
+  const { pathname, search } = window.location;
+  try {
+    history.replaceState(history.state, "", pathname + search + (parts.length ? `#${parts.join("&")}` : ""));
+  } catch {
+    /* a sandboxed frame: the key stays in the address, it still works */
+  }
+  return key.trim() || null;
+}
+
+function loadKey() {
+  try {
+    return window.sessionStorage.getItem(KEY_STORAGE) || null;
+  } catch {
+    return null; // storage is blocked (privacy settings, sandboxed frame)
+  }
+}
+
+function saveKey(key) {
+  try {
+    window.sessionStorage.setItem(KEY_STORAGE, key);
+  } catch {
+    /* blocked: the key lasts until the page is reloaded */
+  }
+}
+
+function forgetKey() {
+  try {
+    window.sessionStorage.removeItem(KEY_STORAGE);
+  } catch {
+    /* blocked */
+  }
+}
 
 function setRadio(group, value, attr = "value") {
   for (const b of group.querySelectorAll("button[role=radio]")) {
