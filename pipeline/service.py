@@ -115,6 +115,23 @@ class PipelineService:
                                             name=f"pipeline-load-{pipeline_id}", daemon=True)
             self._loader.start()
 
+    def unload(self) -> None:
+        """Free the loaded pipeline (GPU memory included); its sessions get stream_stopped.
+        Raises LoadInProgressError while a load runs."""
+        with self._cond:
+            if self._status == "loading":
+                raise LoadInProgressError("A pipeline is loading; unload it when it is done.")
+            self._status, self._error, self._progress, self._stage = "not_loaded", None, None, None
+            self._pipeline_id, self._load_params = None, None
+            streams = list(self._streams)
+            self._streams.clear()
+        for stream in streams:
+            stream.sink.on_stopped("The pipeline was unloaded.")
+        with self._run_lock:  # after the batch in flight
+            pipeline, self._pipeline = self._pipeline, None
+            if pipeline is not None:
+                pipeline.close()
+
     def load_blocking(self, pipeline_id: str, load_params: dict[str, Any] | None = None,
                       timeout: float | None = None) -> PipelineStatus:
         """Load and wait for the outcome (for start-up, tests and benchmarks)."""

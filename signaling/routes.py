@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -116,6 +117,16 @@ def build_router(sessions: SessionRegistry, service: PipelineService, ice: IceSe
         except LoadInProgressError as exc:
             raise HTTPException(409, str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
         return MessageResponse(message="Pipeline loading initiated successfully")
+
+    @api.post("/pipeline/unload", response_model=MessageResponse, tags=["pipeline"],
+              responses={409: {}})
+    async def unload() -> MessageResponse:
+        """Free the pipeline's memory (beyond Scope); streaming sessions get stream_stopped."""
+        try:
+            await asyncio.to_thread(service.unload)  # waits for the batch in flight
+        except LoadInProgressError as exc:
+            raise HTTPException(409, str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
+        return MessageResponse(message="Pipeline unloaded")
 
     @api.get("/pipeline/status", response_model=PipelineStatusResponse, tags=["pipeline"])
     async def status() -> PipelineStatusResponse:

@@ -188,3 +188,10 @@ def test_cors_refuses_other_origins(http: httpx.Client) -> None:
 def test_ui_is_mounted_without_shadowing_the_api(http: httpx.Client) -> None:
     assert http.get("/").status_code == 200
     assert http.get("/api/v1/nothing-here").status_code == 404
+
+
+def test_unload_then_load_again(http: httpx.Client) -> None:
+    assert http.post("/api/v1/pipeline/unload").json() == {"message": "Pipeline unloaded"}
+    assert http.get("/api/v1/pipeline/status").json()["status"] == "not_loaded"
+    http.post("/api/v1/pipeline/load", json={"pipeline_ids": ["passthrough"]})
+    _wait_loaded(http, "passthrough")

@@ -223,3 +223,17 @@ def test_stop_joins_the_worker() -> None:
     svc.load_blocking("passthrough")
     svc.stop(timeout=5)
     assert not any(t.name == "pipeline-worker" and t.is_alive() for t in threading.enumerate())
+
+
+def test_unload_frees_the_pipeline_and_stops_its_sessions(service: PipelineService) -> None:
+    service.load_blocking("test-invert")
+    sink = RecordingSink()
+    service.open_stream(sink, offers_video=True)
+    pipeline = service._pipeline
+    service.unload()
+    assert sink.stopped == ["The pipeline was unloaded."]
+    assert service.status().status == "not_loaded" and service._pipeline is None
+    assert pipeline is not None
+    with pytest.raises(NotLoadedError):
+        service.open_stream(RecordingSink(), offers_video=True)
+    assert service.load_blocking("passthrough").status == "loaded"
