@@ -266,3 +266,27 @@ async def test_switching_to_a_video_only_pipeline_stops_receive_only_sessions() 
             assert "has no 'text' mode" in (await video.message("error"))["error_message"]
             later = read_number((await video.recv()).to_ndarray(format="rgb24"))
             assert later > first  # the video session carries on, now through passthrough
+
+
+async def test_floods_and_huge_messages_leave_the_session_and_its_neighbours_alive(
+        effect_server: Server) -> None:
+    async with LiveV2VClient(effect_server.url) as noisy, \
+            LiveV2VClient(effect_server.url) as neighbour:
+        await noisy.connect(NumberedFrames(size=64, fps=20, tint=LIGHT), RED)
+        await neighbour.connect(NumberedFrames(size=64, fps=20, tint=LIGHT), RED)
+        await noisy.wait_open()
+        # 250 kB: over our 64 KiB cap, under the 256 KiB SCTP limit peers are told about.
+        noisy.channel.send(json.dumps({"prompts": [{"text": "y" * 250_000}]}))
+        assert "too large" in (await noisy.message("error", timeout_s=20))["error_message"]
+        for i in range(300):  # a burst: coalesced, the latest value wins
+            noisy.channel.send(json.dumps({"seed": i}))
+        deadline = time.monotonic() + 20
+        while True:
+            update = await noisy.message("parameters_updated", timeout_s=20)
+            if update["parameters"].get("seed") == 299 or time.monotonic() > deadline:
+                break
+        assert update["parameters"]["seed"] == 299
+        await noisy.recv()
+        frame = await neighbour.recv()
+        assert mean_rgb(frame)[0] > mean_rgb(frame)[2]
+        assert len(effect_server.app.state.sessions) == 2
