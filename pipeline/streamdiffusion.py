@@ -137,8 +137,8 @@ class StreamDiffusionPipeline(Pipeline):
       proportionally ([1000, 500] → [750, 375]), so the input's layout and colours always
       survive. Text mode is unaffected. This is not VACE conditioning (no reference images),
       hence `supports_vace` stays False.
-    - Output is always height×width of the load params; inputs of other sizes are resized
-      (stretched) to it.
+    - Output is always height×width of the load params; inputs of another shape are
+      centre-cropped to its aspect ratio, then resized (a 640×480 webcam is not stretched).
     """
 
     id = "streamdiffusion"
@@ -339,6 +339,7 @@ class StreamDiffusionPipeline(Pipeline):
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"expected an H×W×3 uint8 RGB frame, got {frame.dtype} "
                              f"{frame.shape}")
+        frame = crop_to_aspect(frame, self.params.height, self.params.width)
         image = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device)
         image = image.permute(2, 0, 1).float() / 127.5 - 1.0
         size = (self.params.height, self.params.width)
@@ -404,3 +405,15 @@ def _resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]
     if dtype == "auto":
         return torch.device(device), torch.float16 if device == "cuda" else torch.float32
     return torch.device(device), getattr(torch, dtype)
+
+
+def crop_to_aspect(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The largest centred part of `frame` with the aspect ratio height:width (a view)."""
+    h, w = frame.shape[:2]
+    if h * width > w * height:  # too tall
+        keep = max(1, round(w * height / width))
+        top = (h - keep) // 2
+        return frame[top:top + keep]
+    keep = max(1, round(h * width / height))
+    left = (w - keep) // 2
+    return frame[:, left:left + keep]

@@ -26,6 +26,7 @@ from pipeline.streamdiffusion import (
     StreamDiffusionParams,
     StreamDiffusionPipeline,
     cap_strength,
+    crop_to_aspect,
     predicted_x0,
     to_timesteps,
 )
@@ -442,3 +443,13 @@ async def test_a_webrtc_session_through_the_app_returns_transformed_frames(
             # pixels; test_a_prompt_change_changes_the_output checks that at the pipeline).
             for _ in range(3):
                 assert (await client.recv(timeout_s=30)).width == SIZE
+
+
+def test_inputs_of_another_shape_are_centre_cropped_not_stretched() -> None:
+    wide = np.zeros((48, 128, 3), np.uint8)
+    wide[:, 40:88] = 255  # a centred 48×48 white square in a black 48×128 frame
+    crop = crop_to_aspect(wide, 64, 64)
+    assert crop.shape == (48, 48, 3) and crop.min() == 255
+    tall = np.zeros((100, 50, 3), np.uint8)
+    assert crop_to_aspect(tall, 64, 128).shape == (25, 50, 3)
+    assert crop_to_aspect(tall, 64, 32).shape == (100, 50, 3)
