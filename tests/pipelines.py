@@ -29,10 +29,13 @@ class InvertPipeline(Pipeline):
     modes: ClassVar[tuple[Mode, ...]] = ("video", "text")
     batches: ClassVar[list[int]] = []
     delay_s: ClassVar[float] = 0.0
+    busy: ClassVar[threading.Event] = threading.Event()  # set while process() runs
 
     def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
         type(self).batches.append(len(batch))
+        self.busy.set()
         time.sleep(self.delay_s)
+        self.busy.clear()
         return [255 - (r.frame if r.frame is not None else np.zeros((*r.size, 3), np.uint8))
                 for r in batch]
 

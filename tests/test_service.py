@@ -112,7 +112,7 @@ def test_latest_frame_wins_when_the_pipeline_is_slow(service: PipelineService) -
         sink = RecordingSink()
         stream = service.open_stream(sink, offers_video=True)
         stream.push(frame(1, pts=1))
-        time.sleep(0.05)  # the worker is busy with frame 1
+        assert InvertPipeline.busy.wait(5)  # the worker is busy with frame 1
         for i in range(2, 7):
             stream.push(frame(i, pts=i))
         sink.wait(2, timeout=3)
@@ -129,7 +129,7 @@ def test_ready_sessions_are_batched_into_one_call(service: PipelineService) -> N
     streams = [service.open_stream(s, offers_video=True) for s in sinks]
     try:
         streams[0].push(frame(0))
-        time.sleep(0.05)  # while the worker is busy, the other three become ready
+        assert InvertPipeline.busy.wait(5)  # while it is busy, the other three become ready
         InvertPipeline.batches.clear()
         for st in streams[1:]:
             st.push(frame(0))
