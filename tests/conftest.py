@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from app import serve_in_background
+from pipeline import PipelineService
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "test-output"  # screenshots and logs from browser tests
@@ -92,6 +93,15 @@ def serve_process(*args: str, log_name: str = "server") -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture
+def service() -> Iterator[PipelineService]:
+    """A started pipeline service with nothing loaded (text mode at 50 fps, to keep tests short)."""
+    svc = PipelineService(text_fps=50)
+    svc.start()
+    yield svc
+    svc.stop()
 
 
 @pytest.fixture

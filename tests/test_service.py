@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from fractions import Fraction
 
 import numpy as np
@@ -28,14 +27,6 @@ def frame(value: int, pts: int = 0, size: int = 16) -> InputFrame:
     image = np.full((size, size, 3), value, np.uint8)
     return InputFrame(decode=lambda: image, pts=pts, time_base=Fraction(1, 90_000),
                       arrived=time.monotonic())
-
-
-@pytest.fixture
-def service() -> Iterator[PipelineService]:
-    svc = PipelineService(text_fps=50)
-    svc.start()
-    yield svc
-    svc.stop()
 
 
 def test_load_reports_loading_before_returning_then_progress_then_loaded(

@@ -8,7 +8,6 @@ but determinism, batching, timesteps, conditioning and noise behave as with a re
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -379,14 +378,6 @@ def test_cuda_requested_without_cuda_is_a_clear_error() -> None:
 
 
 # --- through the service -----------------------------------------------------------------------
-
-@pytest.fixture
-def service() -> Iterator[PipelineService]:
-    svc = PipelineService(text_fps=50)
-    svc.start()
-    yield svc
-    svc.stop()
-
 
 def test_service_load_error_is_the_status(service: PipelineService, tmp_path: Path) -> None:
     status = service.load_blocking("streamdiffusion", {"model_id": str(tmp_path / "missing")},

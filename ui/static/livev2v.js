@@ -245,6 +245,11 @@ export class LiveV2VClient extends EventTarget {
     this.input = input;
     this.parameters = { ...stickyOf(initialParameters) };
     this._userStopped = false;
+    await this._openOrFail();
+  }
+
+  /** `_open`, turning a failure (other than a cancel) into the "failed" state and an event. */
+  async _openOrFail() {
     try {
       await this._open();
     } catch (error) {
@@ -507,15 +512,7 @@ export class LiveV2VClient extends EventTarget {
     this._cancelReconnect();
     this._userStopped = false;
     await this._teardown({ notifyServer: true });
-    try {
-      await this._open();
-    } catch (error) {
-      if (error.code !== "aborted") {
-        this._setState("failed");
-        this._emit("error", { error });
-      }
-      throw error;
-    }
+    await this._openOrFail();
   }
 
   // --- statistics ------------------------------------------------------------------------
