@@ -29,11 +29,12 @@ sys.path.insert(0, str(ROOT))
 from signaling.client import LiveV2VClient, NumberedFrames, read_number  # noqa: E402
 
 
-async def run_session(url: str, size: int, fps: float, seconds: float) -> dict[str, Any]:
+async def run_session(url: str, size: int, fps: float, seconds: float,
+                      stock_client: bool) -> dict[str, Any]:
     source = NumberedFrames(size=size, fps=fps)
     latencies: list[float] = []
     seen: set[int] = set()
-    async with LiveV2VClient(url) as client:
+    async with LiveV2VClient(url, low_latency=not stock_client) as client:
         await client.connect(source)
         await client.recv()  # connected and flowing; measure from here
         start = time.monotonic()
@@ -51,8 +52,10 @@ async def run_session(url: str, size: int, fps: float, seconds: float) -> dict[s
     return {"latencies": latencies, "received": len(seen), "sent": sent, "elapsed": elapsed}
 
 
-async def measure(url: str, sessions: int, size: int, fps: float, seconds: float) -> dict[str, Any]:
-    results = await asyncio.gather(*(run_session(url, size, fps, seconds) for _ in range(sessions)))
+async def measure(url: str, sessions: int, size: int, fps: float, seconds: float,
+                  stock_client: bool) -> dict[str, Any]:
+    results = await asyncio.gather(*(run_session(url, size, fps, seconds, stock_client)
+                                     for _ in range(sessions)))
     latencies = sorted(x for r in results for x in r["latencies"])
     sent = sum(r["sent"] for r in results)
     received = sum(r["received"] for r in results)
@@ -100,12 +103,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--fps", type=float, default=20.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--stock-client", action="store_true",
+                        help="receive with stock aiortc, which holds each frame until the next "
+                             "one starts (adds one frame interval); default: like a browser")
     args = parser.parse_args()
     proc, url = (None, args.url) if args.url else start_server()
     try:
         rows = []
         for n in (int(x) for x in args.sessions.split(",")):
-            row = asyncio.run(measure(url, n, args.size, args.fps, args.seconds))
+            row = asyncio.run(measure(url, n, args.size, args.fps, args.seconds,
+                                      args.stock_client))
             rows.append(row)
             print(f"{n} session(s) {args.size}x{args.size}@{args.fps:g}: "
                   f"p50 {row['latency_ms_p50']} ms, p95 {row['latency_ms_p95']} ms, "
@@ -117,8 +124,9 @@ def main() -> None:
             proc.terminate()
             proc.wait(15)
     machine = f"{platform.machine()} {platform.processor() or ''} {_cores()} cores".strip()
-    print(json.dumps({"benchmark": "transport", "pipeline": "passthrough",
-                      "machine": machine, "results": rows}))
+    print(json.dumps({"benchmark": "transport", "pipeline": "passthrough", "machine": machine,
+                      "client": "stock aiortc" if args.stock_client else "marker release",
+                      "results": rows}))
 
 
 def _cores() -> int:
