@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import sys
 import threading
 import time
 
@@ -13,7 +14,7 @@ import httpx
 from aiortc import RTCPeerConnection
 
 from signaling.client import LiveV2VClient, NumberedFrames
-from tests.conftest import serve_in_thread
+from tests.conftest import ROOT, serve_in_thread
 
 SESSIONS = int(os.environ.get("CHURN_SESSIONS", "200"))
 AT_ONCE = 8
@@ -106,3 +107,37 @@ async def server_loop(url: str, sessions) -> asyncio.AbstractEventLoop:
         await client.stop()
     await asyncio.sleep(0.5)
     return loop
+
+
+CLIENT = """
+import asyncio, sys
+from signaling.client import LiveV2VClient, NumberedFrames
+
+async def main():
+    client = LiveV2VClient(sys.argv[1])
+    await client.connect(NumberedFrames(size=64, fps=20))
+    await client.recv()
+    print("streaming", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_client_is_detected_and_freed() -> None:
+    """No DELETE, no DTLS goodbye: only ICE consent freshness (RFC 7675) can tell."""
+    with serve_in_thread(pipeline="passthrough") as server:
+        sessions = server.app.state.sessions
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CLIENT, server.url, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE)
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)  # type: ignore[union-attr]
+            assert line.strip() == b"streaming"
+            assert len(sessions) == 1
+        finally:
+            proc.kill()  # SIGKILL: the process cannot say goodbye
+            await proc.wait()
+        killed = time.monotonic()
+        await wait_empty(sessions, server.app.state.service, timeout_s=90)
+    print(f"\nkilled client freed after {time.monotonic() - killed:.0f} s")
