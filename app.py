@@ -27,7 +27,7 @@ from signaling.ice import IceServerProvider, is_loopback_host
 from signaling.jitter import release_frames_on_marker
 from signaling.limits import BodyLimitMiddleware
 from signaling.loopback import offer_loopback_candidates
-from signaling.routes import build_router
+from signaling.routes import ApiContext, build_router
 from signaling.sessions import SessionRegistry
 from ui.blocks import MOUNT_OPTIONS, build_blocks
 from ui.routes import router as ui_router
@@ -82,7 +82,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
                        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
                        allow_headers=["*"], max_age=600)
     # API routes first: Gradio's mount at "/" is a catch-all.
-    app.include_router(build_router(sessions, service, ice, VERSION, settings.api_key))
+    app.include_router(build_router(ApiContext(sessions, service, ice, settings, VERSION)))
     app.include_router(ui_router)  # /ui/livev2v.js for pages other than ours
     return gr.mount_gradio_app(app, build_blocks(), path="/", **MOUNT_OPTIONS)
 
