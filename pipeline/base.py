@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .params import FrameParams, Mode, ParameterUpdate
+from .schema_ui import ui
 
 ProgressCallback = Callable[[float, str], None]
 """`progress(fraction in 0..1, stage text)`; called from the loader thread."""
@@ -26,9 +27,11 @@ class LoadParams(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=False)
 
-    height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
-    width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
-    seed: int = Field(default=42, ge=0, le=2**63 - 1)
+    height: int = Field(default=512, ge=64, le=2048, multiple_of=8,
+                        json_schema_extra=ui(1, "Height", component="resolution"))
+    width: int = Field(default=512, ge=64, le=2048, multiple_of=8,
+                       json_schema_extra=ui(1, "Width", component="resolution"))
+    seed: int = Field(default=42, ge=0, le=2**63 - 1, json_schema_extra=ui(2, "Seed"))
     vace_enabled: bool = True
 
     def local_refs(self) -> list[str]:
@@ -73,6 +76,22 @@ class Pipeline(ABC):
     modes: ClassVar[tuple[Mode, ...]] = ("video",)
     supports_prompts: ClassVar[bool] = True
     supports_vace: ClassVar[bool] = False
+    # Scope's schema metadata (GET /pipelines/schemas): set what is true for the pipeline.
+    supports_lora: ClassVar[bool] = False
+    supports_cache_management: ClassVar[bool] = False
+    supports_kv_cache_bias: ClassVar[bool] = False
+    supports_quantization: ClassVar[bool] = False
+    estimated_vram_gb: ClassVar[float | None] = None
+    min_dimension: ClassVar[int] = 64
+    requires_models: ClassVar[bool] = False
+    """True when `load` fetches weights from a hub (Scope's app then checks /models/status)."""
+    usage: ClassVar[tuple[str, ...]] = ()
+    """Scope's roles, e.g. ("preprocessor",); empty for a main pipeline."""
+    docs_url: ClassVar[str | None] = None
+    version: ClassVar[str] = "1.0.0"
+    inputs: ClassVar[tuple[str, ...]] = ("video",)
+    outputs: ClassVar[tuple[str, ...]] = ("video",)
+    """Graph ports (Scope's workflow editor)."""
     Params: ClassVar[type[LoadParams]] = LoadParams
     max_batch_size: ClassVar[int] = 8
     max_sessions: ClassVar[int] = 8

@@ -6,8 +6,8 @@ from typing import Any
 
 from .base import Pipeline
 from .cpu_effect import CpuEffectPipeline
-from .params import ParameterUpdate
 from .passthrough import PassthroughPipeline
+from .schema_ui import config_schema, metadata
 from .streamdiffusion import StreamDiffusionPipeline
 
 _PIPELINES: dict[str, type[Pipeline]] = {}
@@ -43,7 +43,8 @@ def get(pipeline_id: str) -> type[Pipeline]:
 
 
 def schema(cls: type[Pipeline]) -> dict[str, Any]:
-    """One entry of `GET /api/v1/pipelines/schemas`."""
+    """One entry of `GET /api/v1/pipelines/schemas`: ours plus Scope's metadata keys."""
+    load_defaults = cls.Params()
     return {
         "id": cls.id,
         "name": cls.name,
@@ -51,11 +52,20 @@ def schema(cls: type[Pipeline]) -> dict[str, Any]:
         "supported_modes": list(cls.modes),
         "default_mode": cls.default_mode(),
         "supports_prompts": cls.supports_prompts,
-        "supports_vace": cls.supports_vace,
-        "config_schema": ParameterUpdate.model_json_schema(),
+        **metadata(cls),
+        "config_schema": config_schema(cls),
         "load_schema": cls.Params.model_json_schema(),
-        "mode_defaults": {m: d.given() for m, d in cls.mode_defaults().items()},
+        "mode_defaults": {m: _mode_defaults(d.given(), load_defaults)
+                          for m, d in cls.mode_defaults().items()},
     }
+
+
+def _mode_defaults(given: dict[str, Any], load: Any) -> dict[str, Any]:
+    """Our defaults, plus the names Scope's app reads them by (`denoising_steps`, size)."""
+    out = {**given, "height": load.height, "width": load.width}
+    if "denoising_step_list" in given:
+        out["denoising_steps"] = given["denoising_step_list"]
+    return out
 
 
 def schemas() -> dict[str, dict[str, Any]]:

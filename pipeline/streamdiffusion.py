@@ -37,6 +37,7 @@ from .blending import conditioning
 from .diffusion.loading import is_out_of_memory, load_sd_model, out_of_memory
 from .diffusion.noise import SessionNoise
 from .params import FrameParams, Mode, ParameterState, ParameterUpdate
+from .schema_ui import ui
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 VACE_MAX_STEP = 750
@@ -51,26 +52,39 @@ class StreamDiffusionParams(LoadParams):
 
     model_id: str = Field(default=DEFAULT_MODEL, min_length=1, max_length=1000,
                           description="SD-1.x/2.x-style checkpoint: hub id or local folder "
-                                      "(tokenizer/, text_encoder/, unet/, scheduler/[, vae/]).")
+                                      "(tokenizer/, text_encoder/, unet/, scheduler/[, vae/]).",
+                          json_schema_extra=ui(10, "Model"))
     vae_id: str | None = Field(default=None, min_length=1, max_length=1000,
                                description="AutoencoderTiny hub id or folder; unset = TAESD "
-                                           "(madebyollin/taesd); 'full' = the model's own VAE.")
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+                                           "(madebyollin/taesd); 'full' = the model's own VAE.",
+                               json_schema_extra=ui(11, "VAE"))
+    device: Literal["auto", "cuda", "cpu"] = Field(default="auto",
+                                                   json_schema_extra=ui(12, "Device"))
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
-        default="auto", description="auto = float16 on CUDA, float32 on CPU.")
+        default="auto", description="auto = float16 on CUDA, float32 on CPU.",
+        json_schema_extra=ui(13, "Precision"))
     cfg_scale: float = Field(default=1.0, ge=1.0, le=20.0, allow_inf_nan=False,
                              description="Classifier-free guidance; 1 = off (turbo/LCM models). "
-                                         "Above 1 every UNet call runs twice as wide.")
+                                         "Above 1 every UNet call runs twice as wide.",
+                             json_schema_extra=ui(14, "Guidance (CFG)"))
     negative_prompt: str = Field(default="", max_length=2000,
-                                 description="Unconditional prompt, used when cfg_scale > 1.")
-    compile: bool = Field(default=False, description="torch.compile the UNet and VAE.")
-    channels_last: bool = Field(default=False, description="channels_last memory format.")
+                                 description="Unconditional prompt, used when cfg_scale > 1.",
+                                 json_schema_extra=ui(15, "Negative prompt"))
+    compile: bool = Field(default=False, description="torch.compile the UNet and VAE.",
+                          json_schema_extra=ui(16, "torch.compile"))
+    channels_last: bool = Field(default=False, description="channels_last memory format.",
+                                json_schema_extra=ui(17, "channels_last"))
     similarity_filter: bool = Field(
         default=False, description="Video: reuse the last output while the input stays this "
-                                   "similar (cosine) and the parameters are unchanged.")
-    similarity_threshold: float = Field(default=0.98, gt=0.0, le=1.0, allow_inf_nan=False)
+                                   "similar (cosine) and the parameters are unchanged.",
+        json_schema_extra=ui(18, "Similarity filter", modes=("video",)))
+    similarity_threshold: float = Field(default=0.98, gt=0.0, le=1.0, allow_inf_nan=False,
+                                        json_schema_extra=ui(19, "Similarity threshold",
+                                                             modes=("video",)))
     similarity_max_skip: int = Field(default=10, ge=1, le=1000,
-                                     description="Frames reused at most before one is rendered.")
+                                     description="Frames reused at most before one is rendered.",
+                                     json_schema_extra=ui(20, "Max frames reused",
+                                                          modes=("video",)))
 
     def local_refs(self) -> list[str]:
         return [ref for ref in (self.model_id, self.vae_id) if ref and ref != "full"]
@@ -150,6 +164,8 @@ class StreamDiffusionPipeline(Pipeline):
     Params = StreamDiffusionParams
     max_batch_size = 8
     max_sessions = 4  # batched UNet calls: about 4 sessions at 512² stay interactive on one GPU
+    requires_models = True  # weights come from the hub (or a local folder)
+    estimated_vram_gb = 3.0  # sd-turbo UNet + text encoder + TAESD in float16, 512², batch 4
     params: StreamDiffusionParams
 
     def __init__(self, params: LoadParams) -> None:

@@ -67,13 +67,29 @@ class PipelineStatusResponse(PipelineStatus):
 
 
 class PipelineSchema(BaseModel):
+    """Ours (`load_schema`, `supports_prompts`) plus the metadata keys Scope's app reads."""
+
+    model_config = ConfigDict(extra="allow")
+
     id: str
     name: str
     description: str
+    version: str
     supported_modes: list[str]
     default_mode: str
     supports_prompts: bool
     supports_vace: bool
+    supports_lora: bool
+    supports_cache_management: bool
+    supports_kv_cache_bias: bool
+    supports_quantization: bool
+    estimated_vram_gb: float | None
+    min_dimension: int
+    requires_models: bool
+    usage: list[str]
+    docs_url: str | None
+    inputs: list[str]
+    outputs: list[str]
     config_schema: dict[str, Any]
     load_schema: dict[str, Any]
     mode_defaults: dict[str, dict[str, Any]]
