@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .hub import HubModel
 from .params import FrameParams, Mode, ParameterUpdate
 from .schema_ui import ui
 
@@ -108,6 +109,12 @@ class Pipeline(ABC):
     def mode_defaults(cls) -> dict[Mode, ParameterUpdate]:
         """Defaults for the runtime parameters a session did not set, per mode."""
         return {mode: ParameterUpdate() for mode in cls.modes}
+
+    @classmethod
+    def hub_models(cls, params: LoadParams | None = None) -> list[HubModel]:
+        """Hugging Face Hub files this pipeline loads with `params` (its defaults when None),
+        for `/api/v1/models/status|download`. None for pipelines without weights."""
+        return []
 
     def load(self, progress: ProgressCallback) -> None:  # noqa: B027 - optional hook
         """Heavy setup (weights, warm-up). Raise `PipelineError` with an actionable message."""

@@ -34,9 +34,17 @@ from pydantic import Field
 
 from .base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
 from .blending import conditioning
-from .diffusion.loading import is_out_of_memory, load_sd_model, out_of_memory
+from .diffusion.loading import (
+    FULL_VAE,
+    TAESD_ID,
+    is_out_of_memory,
+    load_sd_model,
+    out_of_memory,
+)
 from .diffusion.noise import SessionNoise
+from .hub import HubModel
 from .params import FrameParams, Mode, ParameterState, ParameterUpdate
+from .paths import looks_local
 from .schema_ui import ui
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
@@ -186,6 +194,23 @@ class StreamDiffusionPipeline(Pipeline):
         }
 
     # --- loading ------------------------------------------------------------------------------
+
+    @classmethod
+    def hub_models(cls, params: LoadParams | None = None) -> list[HubModel]:
+        """The checkpoint's tokenizer, text encoder, UNet and scheduler, and TAESD (or the
+        checkpoint's own VAE for vae_id='full'); local folders need nothing."""
+        p = params if isinstance(params, StreamDiffusionParams) else StreamDiffusionParams()
+        sd = ["model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config.json",
+              "text_encoder/model.safetensors", "unet/config.json",
+              "unet/diffusion_pytorch_model.safetensors"]
+        if p.vae_id == FULL_VAE:
+            sd += ["vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+        models = [HubModel(p.model_id, tuple(sd))]
+        if p.vae_id != FULL_VAE:
+            models.append(HubModel(p.vae_id or TAESD_ID,
+                                   ("config.json", "diffusion_pytorch_model.safetensors")))
+        return [m for m in models if not looks_local(m.repo_id)]
+
 
     def load(self, progress: ProgressCallback) -> None:
         sd = load_sd_model(self.params.model_id, self.params.vae_id, self.device, self.dtype,
