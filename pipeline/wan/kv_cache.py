@@ -1,0 +1,139 @@
+"""Per-stream caches of the causal Wan transformer: self-attention K/V and cross-attention K/V.
+
+`CausalCache` holds, per attention layer (keyed by module name, e.g. "blocks.3",
+"vace_blocks.0"):
+
+- the self-attention keys (already rotated by RoPE at their absolute frame positions) and values
+  of the frames committed so far, trimmed to what the window can still reach: the sink frames
+  plus the newest `local_attn_size − sink_size − 1` frames (the next chunk adds at least one);
+- the cross-attention keys/values of the current text embedding, recomputed only when the
+  embedding changes (they depend on nothing else).
+
+Tensors are [batch, heads, tokens, head_dim] (scaled_dot_product_attention's layout), so a
+chunk's attention is one `torch.cat` of the visible cache with its own keys, with no mask.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+from .window import FrameWindow
+
+
+@dataclass
+class LayerKV:
+    """One self-attention layer's committed keys/values: `frames[i]` is the absolute latent frame
+    of tokens [i·tokens_per_frame, (i+1)·tokens_per_frame)."""
+
+    key: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+    frames: list[int] = field(default_factory=list)
+
+    def visible(
+        self, end: int, window: FrameWindow, tokens_per_frame: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The cached keys/values a chunk ending (exclusive) at `end` attends to, or None."""
+        if self.key is None or self.value is None:
+            return None
+        sinks = sum(1 for f in self.frames if f < window.sink_size)
+        oldest = window.oldest_rolling(end)
+        first = next(
+            (i for i in range(sinks, len(self.frames)) if self.frames[i] >= oldest),
+            len(self.frames),
+        )
+        if first == sinks:  # contiguous: a view, no copy
+            return self.key, self.value
+        if sinks == 0 and first == len(self.frames):
+            return None
+        parts = (slice(0, sinks * tokens_per_frame), slice(first * tokens_per_frame, None))
+        key = torch.cat([self.key[:, :, p] for p in parts], dim=2)
+        value = torch.cat([self.value[:, :, p] for p in parts], dim=2)
+        return key, value
+
+    def append(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        start: int,
+        window: FrameWindow,
+        tokens_per_frame: int,
+    ) -> None:
+        """Commit a chunk's keys/values (frames start, start+1, …) and evict the frames no later
+        chunk can see (every later chunk ends after this one's last frame)."""
+        frames = self.frames + list(range(start, start + key.shape[2] // tokens_per_frame))
+        keep = [
+            i for i, f in enumerate(frames) if window.visible(f, frames[-1] + 2)
+        ]  # frames[-1] + 2: the end of the shortest possible next chunk
+        if self.key is not None and self.value is not None:
+            key = torch.cat([self.key, key], dim=2)
+            value = torch.cat([self.value, value], dim=2)
+        if len(keep) < len(frames):
+            index = torch.tensor(
+                [i * tokens_per_frame + t for i in keep for t in range(tokens_per_frame)],
+                device=key.device,
+            )
+            key, value = key.index_select(2, index), value.index_select(2, index)
+        self.key, self.value = key.contiguous(), value.contiguous()
+        self.frames = [frames[i] for i in keep]
+
+    @property
+    def nbytes(self) -> int:
+        if self.key is None or self.value is None:
+            return 0
+        return self.key.numel() * self.key.element_size() * 2
+
+
+class CausalCache:
+    """One stream's caches (see the module docstring). `frames` is the number of latent frames
+    committed so far, the start frame of the next chunk; `reset()` starts a new stream."""
+
+    def __init__(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, window: FrameWindow
+    ) -> None:
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.window = window
+        self.frames = 0
+        self.tokens_per_frame: int | None = None
+        self.self_attn: dict[str, LayerKV] = {}
+        self.cross_attn: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._text: tuple[torch.Tensor, weakref.ref[torch.Tensor], int] | None = None
+
+    def reset(self) -> None:
+        """Forget every committed frame. The cross-attention cache stays: it only depends on
+        the text embedding, and is rebuilt when that changes."""
+        self.frames = 0
+        self.tokens_per_frame = None
+        self.self_attn.clear()
+
+    def layer(self, name: str) -> LayerKV:
+        return self.self_attn.setdefault(name, LayerKV())
+
+    def use_text(self, text_embeds: torch.Tensor) -> bool:
+        """Make the cross-attention cache belong to `text_embeds`; True when it already did
+        (the same tensor, unmodified, or an equal one)."""
+        if self._text is not None:
+            copy, ref, version = self._text
+            if ref() is text_embeds and version == text_embeds._version:
+                return True
+            if (
+                copy.shape == text_embeds.shape
+                and copy.device == text_embeds.device
+                and copy.dtype == text_embeds.dtype
+                and torch.equal(copy, text_embeds)
+            ):
+                self._text = (copy, weakref.ref(text_embeds), text_embeds._version)
+                return True
+        self.cross_attn.clear()
+        self._text = (text_embeds.detach().clone(), weakref.ref(text_embeds), text_embeds._version)
+        return False
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the self- and cross-attention caches."""
+        cross = sum(k.numel() * k.element_size() * 2 for k, _ in self.cross_attn.values())
+        return cross + sum(layer.nbytes for layer in self.self_attn.values())

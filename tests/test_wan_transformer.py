@@ -1,0 +1,300 @@
+"""The block-causal Wan transformer (pipeline/wan) against diffusers' own full-sequence forward.
+
+Tiny random-weight `WanTransformer3DModel` / `WanVACETransformer3DModel` (2 layers, 2 heads of 12
+channels, 2×2-patch latents of 4×4) go through save_pretrained → from_pretrained. The reference is
+diffusers' unmodified `forward` over the whole sequence with the block-causal mask
+(`attention_mask`: windowed, with sinks, with kv bias) injected into every self-attention; the
+streaming side generates the same frames chunk by chunk through the KV cache. Equality proves the
+cache discipline, the RoPE frame offsets and the per-frame timesteps at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+from pipeline.wan import CausalWanTransformer, FrameWindow, attention_mask
+from pipeline.wan.rope import chunk_rotary
+
+CHANNELS, TEXT_DIM, HEIGHT, WIDTH = 4, 16, 4, 4
+TOKENS_PER_FRAME = (HEIGHT // 2) * (WIDTH // 2)
+CONFIG = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 2,
+    "attention_head_dim": 12,
+    "in_channels": CHANNELS,
+    "out_channels": CHANNELS,
+    "text_dim": TEXT_DIM,
+    "freq_dim": 16,
+    "ffn_dim": 32,
+    "num_layers": 2,
+    "rope_max_seq_len": 64,
+}
+VACE_CONFIG = {**CONFIG, "vace_layers": [0, 1], "vace_in_channels": 12}
+ATOL = 2e-5
+
+
+@pytest.fixture(scope="module")
+def wan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("wan") / "transformer"
+    torch.manual_seed(0)
+    WanTransformer3DModel(**CONFIG).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vace_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("wan_vace") / "transformer"
+    torch.manual_seed(1)
+    WanVACETransformer3DModel(**VACE_CONFIG).save_pretrained(path)
+    return path
+
+
+class _MaskedSelfAttention:
+    """diffusers' own Wan attention with a fixed mask on self-attention (the reference)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+        self.plain = WanAttnProcessor()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 rotary_emb=None):
+        mask = self.mask if encoder_hidden_states is None else None
+        return self.plain(attn, hidden_states, encoder_hidden_states, mask, rotary_emb)
+
+
+def _reference(model, mask: torch.Tensor, **inputs) -> torch.Tensor:
+    for module in model.modules():
+        if hasattr(module, "set_processor") and not module.is_cross_attention:
+            module.set_processor(_MaskedSelfAttention(mask))
+    with torch.no_grad():
+        return model(**inputs, return_dict=False)[0]
+
+
+def _latents(frames: int, seed: int, batch: int = 1, channels: int = CHANNELS) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, frames, HEIGHT, WIDTH, generator=generator)
+
+
+def _text(seed: int, batch: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 8, TEXT_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def _offsets(chunks: list[int]) -> list[tuple[int, int]]:
+    starts = [sum(chunks[:i]) for i in range(len(chunks))]
+    return [(s, s + n) for s, n in zip(starts, chunks, strict=True)]
+
+
+def _per_token(timesteps: torch.Tensor) -> torch.Tensor:
+    return timesteps.repeat_interleave(TOKENS_PER_FRAME, dim=1)
+
+
+def test_window_rule() -> None:
+    """Frame 5 of a one-frame-chunk stream with local_attn_size 4, 1 sink sees 0, 3, 4, 5."""
+    mask = attention_mask([1] * 6, 1, FrameWindow(4, 1))
+    assert (mask[5] == 0).tolist() == [True, False, False, True, True, True]
+    # early on, sinks and window overlap: everything so far
+    assert (mask[2] == 0).tolist() == [True, True, True, False, False, False]
+    chunked = attention_mask([2, 2], 1, FrameWindow(), kv_bias=0.5)
+    assert torch.allclose(chunked[3], torch.tensor([0.5, 0.5, 1, 1]).log())
+    assert chunked[1, 2] == -torch.inf  # block-causal: no attention to a later chunk
+    with pytest.raises(ValueError, match="local_attn_size"):
+        FrameWindow(2, 2)
+
+
+@pytest.mark.parametrize(
+    ("local_attn_size", "sink_size", "chunks", "kv_bias"),
+    [
+        (-1, 0, [2, 2, 2], 1.0),  # unbounded, block-causal
+        (4, 0, [2, 1, 2, 2, 1], 1.0),  # sliding window, uneven chunks
+        (5, 2, [2, 2, 2, 2, 2], 1.0),  # window with attention sinks
+        (5, 2, [3, 2, 3], 0.3),  # … and kv_cache_attention_bias
+    ],
+)
+def test_chunks_through_the_cache_equal_one_masked_pass(
+    wan_dir: Path, local_attn_size: int, sink_size: int, chunks: list[int], kv_bias: float
+) -> None:
+    window = FrameWindow(local_attn_size, sink_size)
+    frames = sum(chunks)
+    latents, text = _latents(frames, 1), _text(2)
+    # a different timestep per frame (diffusers takes one per token): exercises the per-frame path
+    timesteps = torch.randint(0, 1000, (1, frames), generator=torch.Generator().manual_seed(3))
+    mask = attention_mask(chunks, TOKENS_PER_FRAME, window, kv_bias=kv_bias)
+    expected = _reference(
+        WanTransformer3DModel.from_pretrained(wan_dir), mask, hidden_states=latents,
+        timestep=_per_token(timesteps), encoder_hidden_states=text,
+    )
+
+    causal = CausalWanTransformer(
+        WanTransformer3DModel.from_pretrained(wan_dir),
+        local_attn_size=local_attn_size, sink_size=sink_size,
+    )
+    cache = causal.new_cache()
+    outputs = []
+    for start, end in _offsets(chunks):
+        assert cache.frames == start
+        chunk_t = timesteps[:, start:end]
+        noisy = _latents(end - start, 100 + start)
+        # denoising passes read the cache and leave it as it was …
+        first = causal(noisy, chunk_t, text, cache, kv_bias=kv_bias)
+        again = causal(noisy, chunk_t, text, cache, kv_bias=kv_bias)
+        assert torch.equal(first, again) and cache.frames == start
+        # … the committing pass appends the chunk's keys/values
+        outputs.append(causal(latents[:, :, start:end], chunk_t, text, cache, commit=True,
+                              kv_bias=kv_bias))
+        for layer in cache.self_attn.values():  # eviction: never more than the window can reach
+            assert len(layer.frames) <= (window.local_attn_size - 1 if window.bounded else end)
+    torch.testing.assert_close(torch.cat(outputs, dim=2), expected, atol=ATOL, rtol=1e-4)
+
+
+def test_denoising_pass_equals_the_masked_pass_over_its_prefix(wan_dir: Path) -> None:
+    """A non-committing pass on noisy latents sees exactly the committed clean past."""
+    text, clean, noisy = _text(2), _latents(4, 1), _latents(2, 7)
+    causal = CausalWanTransformer(WanTransformer3DModel.from_pretrained(wan_dir))
+    cache = causal.new_cache()
+    for start in (0, 2):
+        causal(clean[:, :, start:start + 2], torch.zeros(1), text, cache, commit=True)
+    got = causal(noisy, torch.tensor([750.0]), text, cache)
+
+    sequence = torch.cat([clean, noisy], dim=2)
+    timesteps = torch.tensor([[0.0] * 4 + [750.0] * 2])
+    expected = _reference(
+        WanTransformer3DModel.from_pretrained(wan_dir),
+        attention_mask([2, 2, 2], TOKENS_PER_FRAME, FrameWindow()),
+        hidden_states=sequence, timestep=_per_token(timesteps), encoder_hidden_states=text,
+    )
+    torch.testing.assert_close(got, expected[:, :, 4:], atol=ATOL, rtol=1e-4)
+
+
+def test_rope_phases_are_those_of_the_full_sequence(wan_dir: Path) -> None:
+    """A chunk at frame 5 gets the rotary phases diffusers gives frames 5.. in a full pass; alone
+    (a window holding only the chunk) it is translation-invariant, since RoPE is relative: the
+    offset matters only against cached keys, which the equivalence tests above cover."""
+    model = WanTransformer3DModel.from_pretrained(wan_dir)
+    full_cos, full_sin = model.rope(_latents(8, 0))
+    cos, sin = chunk_rotary(model.rope, 5, 3, HEIGHT // 2, WIDTH // 2, torch.device("cpu"))
+    tokens = slice(5 * TOKENS_PER_FRAME, 8 * TOKENS_PER_FRAME)
+    torch.testing.assert_close(cos, full_cos[:, tokens, :, 0::2].float())
+    torch.testing.assert_close(sin, full_sin[:, tokens, :, 1::2].float())
+
+    causal = CausalWanTransformer(model, local_attn_size=2)
+    text, chunk, filler = _text(2), _latents(2, 5), _latents(6, 6)
+    cache = causal.new_cache()
+    at_zero = causal(chunk, torch.tensor([500.0]), text, cache)
+    for start in (0, 2, 4):
+        causal(filler[:, :, start:start + 2], torch.tensor([0.0]), text, cache, commit=True)
+    torch.testing.assert_close(causal(chunk, torch.tensor([500.0]), text, cache), at_zero,
+                               atol=ATOL, rtol=1e-4)
+
+
+def test_kv_bias_one_is_off_and_lower_changes_only_attention_to_the_past(wan_dir: Path) -> None:
+    causal = CausalWanTransformer(WanTransformer3DModel.from_pretrained(wan_dir))
+    text, latents = _text(2), _latents(4, 1)
+    results = {}
+    for bias in (1.0, 0.2):
+        cache = causal.new_cache()
+        first = causal(latents[:, :, :2], torch.zeros(1), text, cache, commit=True, kv_bias=bias)
+        second = causal(latents[:, :, 2:], torch.zeros(1), text, cache, kv_bias=bias)
+        results[bias] = first, second
+    cache = causal.new_cache()
+    causal(latents[:, :, :2], torch.zeros(1), text, cache, commit=True)
+    plain = causal(latents[:, :, 2:], torch.zeros(1), text, cache)
+    assert torch.equal(plain, results[1.0][1])  # kv_bias=1 is exactly no bias
+    assert torch.equal(results[1.0][0], results[0.2][0])  # no past: nothing to bias
+    assert not torch.allclose(results[1.0][1], results[0.2][1], atol=1e-4)
+    with pytest.raises(ValueError, match="kv_bias"):
+        causal(latents[:, :, 2:], torch.zeros(1), text, cache, kv_bias=0.0)
+
+
+def test_cross_attention_cache_is_reused_until_the_text_changes(wan_dir: Path) -> None:
+    causal = CausalWanTransformer(WanTransformer3DModel.from_pretrained(wan_dir))
+    text, latents, t = _text(2), _latents(2, 1), torch.tensor([300.0])
+    cache = causal.new_cache()
+    first = causal(latents, t, text, cache)
+    cached = {name: kv[0] for name, kv in cache.cross_attn.items()}
+    assert set(cached) == {"blocks.0", "blocks.1"}
+    # an equal embedding (a new tensor): reused, same result
+    assert torch.equal(causal(latents, t, text.clone(), cache), first)
+    assert all(cache.cross_attn[name][0] is key for name, key in cached.items())
+    # a new prompt: recomputed, and the output is that of a fresh cache
+    other = _text(9)
+    changed = causal(latents, t, other, cache)
+    assert cache.cross_attn["blocks.0"][0] is not cached["blocks.0"]
+    assert torch.equal(changed, causal(latents, t, other, causal.new_cache()))
+    assert not torch.allclose(changed, first, atol=1e-4)
+    # an embedding modified in place is noticed too
+    other.mul_(2)
+    assert torch.equal(causal(latents, t, other, cache), causal(latents, t, other,
+                                                                causal.new_cache()))
+
+
+def test_batched_streams_match_single_streams(wan_dir: Path) -> None:
+    causal = CausalWanTransformer(WanTransformer3DModel.from_pretrained(wan_dir),
+                                  local_attn_size=3, sink_size=1)
+    latents, texts = _latents(4, 1, batch=2), _text(2, batch=2)
+    t = torch.tensor([[0.0, 0.0], [900.0, 100.0]])
+    batched = causal.new_cache(batch_size=2)
+    singles = [causal.new_cache() for _ in range(2)]
+    for start in (0, 2):
+        chunk = latents[:, :, start:start + 2]
+        together = causal(chunk, t, texts, batched, commit=True)
+        for i, cache in enumerate(singles):
+            alone = causal(chunk[i:i + 1], t[i:i + 1], texts[i:i + 1], cache, commit=True)
+            torch.testing.assert_close(together[i:i + 1], alone, atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_runs_on_cpu(wan_dir: Path, dtype: torch.dtype) -> None:
+    reference = CausalWanTransformer(WanTransformer3DModel.from_pretrained(wan_dir),
+                                     local_attn_size=3, sink_size=1)
+    half = CausalWanTransformer(
+        WanTransformer3DModel.from_pretrained(wan_dir, torch_dtype=dtype),
+        local_attn_size=3, sink_size=1,
+    )
+    assert half.dtype == dtype
+    caches = reference.new_cache(), half.new_cache()
+    assert caches[1].dtype == dtype
+    text, latents = _text(2), _latents(6, 1)
+    for start in (0, 2, 4):
+        chunk = latents[:, :, start:start + 2]
+        want = reference(chunk, torch.tensor([0.0]), text, caches[0], commit=True, kv_bias=0.5)
+        got = half(chunk.to(dtype), torch.tensor([0.0]), text.to(dtype), caches[1], commit=True,
+                   kv_bias=0.5)
+        assert got.dtype == dtype and torch.isfinite(got).all()
+        assert all(layer.key.dtype == dtype for layer in caches[1].self_attn.values())
+        torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.1)
+
+
+def test_model_forward_is_unchanged_by_wrapping(wan_dir: Path) -> None:
+    plain = WanTransformer3DModel.from_pretrained(wan_dir)
+    wrapped = CausalWanTransformer(WanTransformer3DModel.from_pretrained(wan_dir)).model
+    inputs = {"hidden_states": _latents(3, 1), "timestep": torch.tensor([400]),
+              "encoder_hidden_states": _text(2), "return_dict": False}
+    with torch.no_grad():
+        assert torch.equal(plain(**inputs)[0], wrapped(**inputs)[0])
+
+
+def test_errors_a_caller_can_act_on(wan_dir: Path) -> None:
+    causal = CausalWanTransformer(WanTransformer3DModel.from_pretrained(wan_dir),
+                                  local_attn_size=3, sink_size=1)
+    cache, text, t = causal.new_cache(), _text(2), torch.zeros(1)
+    with pytest.raises(ValueError, match="does not fit the attention window"):
+        causal(_latents(3, 1), t, text, cache)
+    causal(_latents(2, 1), t, text, cache, commit=True)
+    small = torch.zeros(1, CHANNELS, 1, 2, 2)
+    with pytest.raises(ValueError, match="latent size changed"):
+        causal(small, t, text, cache)
+    cache.reset()
+    assert cache.frames == 0 and not cache.self_attn
+    causal(small, t, text, cache)  # a new stream may change size
+    with pytest.raises(ValueError, match="batch"):
+        causal(_latents(2, 1, batch=2), torch.zeros(2), text, cache)
+    with pytest.raises(ValueError, match="VACE"):
+        causal(_latents(2, 1), t, text, cache, vace_context=_latents(2, 1))
+    with pytest.raises(ValueError, match="I2V"):
+        CausalWanTransformer(WanTransformer3DModel(**{**CONFIG, "image_dim": 8,
+                                                      "added_kv_proj_dim": 24}))
