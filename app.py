@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +95,22 @@ class BackgroundServer:
     app: FastAPI
     server: uvicorn.Server
     thread: threading.Thread
+    settings: ServerSettings
+    load_params: dict | None = None
+    reused: bool = False
+    """True when `serve_in_background` returned a server that an earlier call had started."""
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive() and not self.server.should_exit
 
     def stop(self, timeout_s: float = 15.0) -> None:
         self.server.should_exit = True
         self.thread.join(timeout_s)
+        key = (self.settings.host, self.settings.port)
+        with _background_lock:
+            if key in _background and _background[key].thread is self.thread:
+                del _background[key]
 
     def iframe(self, width: str | int = "100%", height: int = 860) -> Any:
         """The page, for a notebook cell (camera access needs the iframe's `allow`)."""
@@ -107,13 +119,51 @@ class BackgroundServer:
         return IFrame(self.url, width=width, height=height,
                       extras=['allow="camera; microphone; autoplay; display-capture"'])
 
+    def __repr__(self) -> str:
+        how = "already running, reused" if self.reused else "started"
+        return f"LiveV2V at {self.url} ({how}; pipeline: {self.settings.pipeline or 'none'})"
+
+    def _repr_html_(self) -> str:
+        how = "already running, reused" if self.reused else "started"
+        return (f'LiveV2V at <a href="{self.url}" target="_blank">{self.url}</a> ({how}; '
+                f"pipeline: {self.settings.pipeline or 'none'})")
+
+
+_background: dict[tuple[str, int], BackgroundServer] = {}
+_background_lock = threading.Lock()
+
+
+def env_port(default: int = 8000) -> int:
+    """The port a hosted platform or a notebook's environment asks for."""
+    env = os.environ
+    return int(env.get("GRADIO_SERVER_PORT") or env.get("PORT") or default)
+
 
 def serve_in_background(load_params: dict | None = None, **settings: Any) -> BackgroundServer:
     """Start the app on a daemon thread and return once it accepts connections.
 
-    In a notebook: `server = serve_in_background(port=8000); server.iframe()`.
-    (Gradio's `launch(inline=True)` cannot serve our FastAPI routes.)"""
+    In a notebook: `server = serve_in_background(pipeline="cpu-effect"); server.iframe()`.
+    (Gradio's `launch(inline=True)` cannot serve our FastAPI routes.) The port defaults to
+    GRADIO_SERVER_PORT / PORT / 8000. Running the cell again returns the server this process
+    already runs on that host and port when the settings are the same (sessions and the loaded
+    pipeline carry on), and restarts it when they differ."""
+    settings.setdefault("port", env_port())
     config = ServerSettings(**settings)
+    key = (config.host, config.port)
+    with _background_lock:
+        running = _background.get(key)
+        if running is not None and running.running:
+            if running.settings == config and running.load_params == load_params:
+                return replace(running, reused=True)
+            log.info("settings changed: restarting the server on %s:%d", *key)
+            running.server.should_exit = True
+            running.thread.join(15)
+        server = _start_background(config, load_params)
+        _background[key] = server
+        return server
+
+
+def _start_background(config: ServerSettings, load_params: dict | None) -> BackgroundServer:
     app = create_app(config, load_params)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port,
                                            log_level="warning", timeout_graceful_shutdown=5))
@@ -122,10 +172,13 @@ def serve_in_background(load_params: dict | None = None, **settings: Any) -> Bac
     deadline = time.monotonic() + 60
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"LiveV2V did not start on {config.host}:{config.port}")
+            server.should_exit = True
+            raise RuntimeError(f"LiveV2V did not start on {config.host}:{config.port} (is the "
+                               "port in use by another process? pass another port=...)")
         time.sleep(0.05)
     shown = "localhost" if is_loopback_host(config.host) else config.host
-    return BackgroundServer(f"http://{shown}:{config.port}", app, server, thread)
+    return BackgroundServer(f"http://{shown}:{config.port}", app, server, thread, config,
+                            load_params)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -133,8 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="bind address (env GRADIO_SERVER_NAME; default 127.0.0.1)")
-    parser.add_argument("--port", type=int,
-                        default=int(env.get("GRADIO_SERVER_PORT") or env.get("PORT") or 8000),
+    parser.add_argument("--port", type=int, default=env_port(),
                         help="port (env GRADIO_SERVER_PORT or PORT; default 8000)")
     parser.add_argument("--pipeline", default=None,
                         help="pipeline loaded at start; 'none' loads nothing (default: "
