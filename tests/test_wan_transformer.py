@@ -298,3 +298,62 @@ def test_errors_a_caller_can_act_on(wan_dir: Path) -> None:
     with pytest.raises(ValueError, match="I2V"):
         CausalWanTransformer(WanTransformer3DModel(**{**CONFIG, "image_dim": 8,
                                                       "added_kv_proj_dim": 24}))
+
+
+def _control(frames: int, seed: int) -> torch.Tensor:
+    return _latents(frames, seed, channels=VACE_CONFIG["vace_in_channels"])
+
+
+@pytest.mark.parametrize("references", [0, 1])
+def test_vace_chunks_equal_one_masked_pass(vace_dir: Path, references: int) -> None:
+    """VACE blocks run chunk-causally with their own KV caches: the same as diffusers'
+    WanVACETransformer3DModel over the whole sequence (reference frames prepended) with the mask."""
+    window, chunks, scale = FrameWindow(5, 1), [2, 2, 2], 0.7
+    latents, control, text = _latents(6, 1), _control(6, 2), _text(3)
+    refs = _latents(references, 4)
+    sequence, full_control = latents, control
+    if references:
+        sequence = torch.cat([refs, latents], dim=2)
+        ref_control = torch.cat([refs, torch.zeros_like(_control(references, 0)[:, CHANNELS:])],
+                                dim=1)
+        full_control = torch.cat([ref_control, control], dim=2)
+    mask = attention_mask([references, *chunks] if references else chunks, TOKENS_PER_FRAME,
+                          window)
+    expected = _reference(
+        WanVACETransformer3DModel.from_pretrained(vace_dir), mask, hidden_states=sequence,
+        timestep=torch.zeros(1), encoder_hidden_states=text, control_hidden_states=full_control,
+        control_hidden_states_scale=torch.full((2,), scale),
+    )
+
+    causal = CausalWanTransformer(WanVACETransformer3DModel.from_pretrained(vace_dir),
+                                  local_attn_size=window.local_attn_size,
+                                  sink_size=window.sink_size)
+    cache = causal.new_cache()
+    if references:
+        causal.add_reference_frames(refs, text, cache, vace_scale=scale)
+        assert cache.frames == references
+    outputs = []
+    for start, end in _offsets(chunks):
+        outputs.append(causal(latents[:, :, start:end], torch.zeros(1), text, cache, commit=True,
+                              vace_context=control[:, :, start:end], vace_scale=scale))
+    assert {name.split(".")[0] for name in cache.self_attn} == {"blocks", "vace_blocks"}
+    torch.testing.assert_close(torch.cat(outputs, dim=2), expected[:, :, references:],
+                               atol=ATOL, rtol=1e-4)
+
+
+def test_vace_scale_zero_is_no_vace_and_hints_change_the_output(vace_dir: Path) -> None:
+    causal = CausalWanTransformer(WanVACETransformer3DModel.from_pretrained(vace_dir))
+    text, latents, control, t = _text(3), _latents(2, 1), _control(2, 2), torch.tensor([600.0])
+    plain = causal(latents, t, text, causal.new_cache())
+    off = causal(latents, t, text, causal.new_cache(), vace_context=control, vace_scale=0.0)
+    on = causal(latents, t, text, causal.new_cache(), vace_context=control)
+    other = causal(latents, t, text, causal.new_cache(), vace_context=_control(2, 3))
+    assert torch.equal(off, plain)
+    assert not torch.allclose(on, plain, atol=1e-4)
+    assert not torch.allclose(on, other, atol=1e-4)
+    with pytest.raises(ValueError, match="vace_context must be"):
+        causal(latents, t, text, causal.new_cache(), vace_context=_control(1, 2))
+    cache = causal.new_cache()
+    causal(latents, torch.zeros(1), text, cache, commit=True)
+    with pytest.raises(ValueError, match="before the stream's first chunk"):
+        causal.add_reference_frames(_latents(1, 4), text, cache)

@@ -14,7 +14,8 @@ class CausalWanTransformer:   # wraps a loaded WanTransformer3DModel or WanVACET
                  kv_bias: float = 1.0,            # kv_cache_attention_bias, 0.01–1
                  vace_context: Tensor | None = None,  # [B, vace_in_channels, F, h, w]
                  vace_scale: float = 1.0) -> Tensor   # flow prediction, shape/dtype of latents
-    def add_reference_frames(self, ref_latents, text_embeds, cache, *, kv_bias=1.0) -> None
+    def add_reference_frames(self, ref_latents, text_embeds, cache, *, kv_bias=1.0,
+                             vace_scale=1.0) -> None   # VACE reference images, before chunk 0
     model, window, is_vace, device, dtype           # attributes
 
 class CausalCache:

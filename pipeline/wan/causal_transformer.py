@@ -142,6 +142,7 @@ class CausalWanTransformer:
         cache: CausalCache,
         *,
         kv_bias: float = 1.0,
+        vace_scale: float = 1.0,
     ) -> None:
         """Prepend VACE reference images to the stream: a committed clean pass (timestep 0) over
         their latents [B, C, R, h, w] with their VACE context, before any chunk is generated."""
@@ -152,7 +153,7 @@ class CausalWanTransformer:
         context = reference_context(ref_latents, self.model.config.vace_in_channels)
         timestep = torch.zeros(ref_latents.shape[0], device=ref_latents.device)
         self(ref_latents, timestep, text_embeds, cache, commit=True, kv_bias=kv_bias,
-             vace_context=context)
+             vace_context=context, vace_scale=vace_scale)
 
     def _check(
         self,
