@@ -103,14 +103,17 @@ class PipelineService:
         for ref in params.local_refs():
             self.path_policy.check(ref)
         with self._cond:
+            if (self._status in ("loading", "loaded") and self._pipeline_id == pipeline_id
+                    and self._load_params == params):
+                # The same load again (after defaults; unknown keys are dropped) joins the
+                # running one, or is a no-op: Scope's app posts it twice per Start.
+                return
             if self._status == "loading":
-                if self._pipeline_id == pipeline_id and self._load_params == params:
-                    return  # the same load again joins the running one
                 raise LoadInProgressError(
                     f"Pipeline {self._pipeline_id!r} is loading; try again when it is done.")
             self._status, self._error = "loading", None
             self._pipeline_id, self._load_params = pipeline_id, params
-            self._stage, self._progress = "starting", 0.0
+            self._stage, self._progress = "waiting for the frames in flight", 0.0
             self._loader = threading.Thread(target=self._load, args=(cls, params),
                                             name=f"pipeline-load-{pipeline_id}", daemon=True)
             self._loader.start()
@@ -148,6 +151,7 @@ class PipelineService:
                 self._set_progress(0.0, "unloading previous pipeline")
                 old.close()
         try:
+            self._set_progress(0.0, f"preparing {cls.id}")  # until the pipeline reports its own
             pipeline = cls(params)
             pipeline.load(self._set_progress)
         except Exception as exc:  # any failure becomes a status the user can read

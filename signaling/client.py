@@ -8,6 +8,10 @@ ICE servers first, a `parameters` data channel created before the offer, offer w
                              {"prompts": [{"text": "ink", "weight": 1}]})
         frame = await client.recv()            # an av.VideoFrame from the pipeline
         await client.send({"noise_scale": 0.3})
+        values = await client.applied()        # the values in force once it is applied
+
+`parameters_applied` acknowledges every accepted change (this client's own included);
+`parameters_updated` means, as in Scope, "changed from elsewhere" (an HTTP route).
 """
 
 from __future__ import annotations
@@ -106,6 +110,10 @@ class LiveV2VClient:
     async def send(self, parameters: dict[str, Any]) -> None:
         await self.wait_open()
         self.channel.send(json.dumps(parameters))
+
+    async def applied(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The values in force after the next accepted change (`parameters_applied`)."""
+        return (await self.message("parameters_applied", timeout_s))["parameters"]
 
     async def message(self, kind: str, timeout_s: float = 10.0) -> dict[str, Any]:
         """The next server message of type `kind` (others are skipped)."""

@@ -18,7 +18,20 @@ class StreamStopped(BaseModel):
 
 
 class ParametersUpdated(BaseModel):
+    """Scope's meaning: parameters changed from *elsewhere* (an HTTP route, another controller),
+    never an echo of this client's own update. Only Scope's keys, only those that changed:
+    Scope's app copies them into its controls and keeps unknown keys as overrides."""
+
     type: Literal["parameters_updated"] = "parameters_updated"
+    parameters: dict[str, Any]
+
+
+class ParametersApplied(BaseModel):
+    """Ours (Scope's app ignores it): after every accepted change, whoever made it (this client's
+    update, its initialParameters, or a change from elsewhere), the values now in force,
+    defaults included."""
+
+    type: Literal["parameters_applied"] = "parameters_applied"
     parameters: dict[str, Any]
 
 
@@ -40,7 +53,22 @@ class Stats(BaseModel):
     input_mode: str | None
 
 
-ServerMessage = StreamStopped | ParametersUpdated | ErrorNotification | Stats
+ServerMessage = StreamStopped | ParametersUpdated | ParametersApplied | ErrorNotification | Stats
+
+# The runtime keys Scope's app shows as controls. Others (input_mode, transition,
+# prompt_interpolation_method, seed, ...) it would store and send back in its next load.
+SCOPE_PARAMETER_KEYS = ("prompts", "denoising_step_list", "noise_scale", "paused", "manage_cache",
+                        "kv_cache_attention_bias", "vace_context_scale", "lora_scales")
+
+
+def scope_view(update: ParameterUpdate) -> dict[str, Any]:
+    """What `parameters_updated` carries for an update made elsewhere: its Scope keys; a
+    transition shows as the prompts it leads to."""
+    given = update.given()
+    view = {key: given[key] for key in SCOPE_PARAMETER_KEYS if key in given}
+    if "transition" in given and "prompts" not in view:
+        view["prompts"] = given["transition"]["target_prompts"]
+    return view
 
 
 class MessageError(ValueError):

@@ -37,11 +37,13 @@ from pipeline import (
 from .messages import (
     ErrorNotification,
     MessageError,
+    ParametersApplied,
     ParametersUpdated,
     ServerMessage,
     Stats,
     StreamStopped,
     parse_update,
+    scope_view,
 )
 from .models import IceCandidateModel
 from .sdp import OfferSummary, parse_candidate
@@ -93,7 +95,7 @@ class Session:
         if self._time_limit is not None:
             self._spawn(self._enforce_time_limit(self._time_limit))
         if initial is not None and initial.given():
-            self.send(ParametersUpdated(parameters=self.stream.effective_parameters()))
+            self._acknowledge()
         return self.pc.localDescription
 
     async def add_candidates(self, candidates: list[IceCandidateModel]) -> None:
@@ -157,7 +159,25 @@ class Session:
         except UnsupportedModeError as exc:
             self.send(ErrorNotification(error_message=str(exc)))
             return
-        self.send(ParametersUpdated(parameters=self.stream.effective_parameters()))
+        self._acknowledge()  # never parameters_updated: Scope's app would undo its own edit
+
+    def apply_from_elsewhere(self, update: ParameterUpdate) -> None:
+        """An update this client did not make (an HTTP route): Scope's `parameters_updated`
+        with the changed Scope keys, then our acknowledgement. Raises UnsupportedModeError."""
+        if self.stream is None or self.closing:
+            return
+        self.stream.update(update)
+        view = scope_view(update)
+        if view:
+            self.send(ParametersUpdated(parameters=view))
+        self._acknowledge()
+
+    def parameters(self) -> dict[str, Any]:
+        """The values in force now (defaults included)."""
+        return self.stream.effective_parameters() if self.stream is not None else {}
+
+    def _acknowledge(self) -> None:
+        self.send(ParametersApplied(parameters=self.parameters()))
 
     def send(self, message: ServerMessage) -> None:
         channel = self.channel
@@ -192,6 +212,10 @@ class Session:
         log.info("session %s: connection %s", self.id, state)
         if state in ("failed", "closed"):
             self.close_soon(None if state == "closed" else "Connection failed")
+
+    @property
+    def closing(self) -> bool:
+        return self._closing is not None
 
     def close_soon(self, error: str | None = None, *, notify: bool = True) -> asyncio.Task[None]:
         """Start closing (once); callbacks that cannot await use this."""

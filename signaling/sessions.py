@@ -45,6 +45,10 @@ class SessionRegistry:
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
+    def live(self) -> list[Session]:
+        """Sessions not closing, oldest first."""
+        return [s for s in self._sessions.values() if not s.closing]
+
     async def open(self, sdp: str, sdp_type: str, initial: ParameterUpdate | None) -> Session:
         """Answer an offer. Raises SdpError, CapacityError and the service's load errors."""
         summary = check_offer(sdp, sdp_type)

@@ -305,7 +305,7 @@ def test_bidirectional_client(open_client: Any, pages_url: str) -> None:
         # the highlights; then a transition back to "red" over 8 frames.
         def send_and_wait(message: dict[str, Any], text: str) -> None:
             page.evaluate("(m) => v2v.send(m)", message)
-            update = wait_message(page, "m => m.type === 'parameters_updated' && "
+            update = wait_message(page, "m => m.type === 'parameters_applied' && "
                                         f"JSON.stringify(m.parameters).includes('\"{text}\"')")
             assert update["parameters"]
 

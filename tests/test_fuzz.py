@@ -77,7 +77,7 @@ def server() -> Iterator[Server]:
 @FUZZ
 @given(body=json_values, route=st.sampled_from([
     ("POST", "/api/v1/webrtc/offer"), ("PATCH", "/api/v1/webrtc/offer/x"),
-    ("POST", "/api/v1/pipeline/load")]))
+    ("POST", "/api/v1/pipeline/load"), ("POST", "/api/v1/session/parameters")]))
 def test_any_json_body_gets_a_4xx_json_error_or_success(server: Server, body: object,
                                                         route: tuple[str, str]) -> None:
     method, path = route

@@ -4,13 +4,24 @@ calls."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
+from typing import Any, ClassVar
 
 import httpx
+import numpy as np
 import pytest
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
+from pipeline import FrameRequest, InputFrame, LoadParams, Pipeline, PipelineService
+from pipeline.registry import register
+from signaling.client import NumberedFrames
 from tests.conftest import Server, serve_in_thread
+from tests.pipelines import RecordingSink
 
 # Scope's composite Settings controls (schemaSettings.ts COMPLEX_COMPONENTS).
 COMPOSITE = {"vace", "lora", "resolution", "cache", "denoising_steps", "noise", "quantization",
@@ -27,7 +38,7 @@ METADATA: dict[str, type | tuple[type, ...]] = {
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    with serve_in_thread(pipeline="passthrough") as srv:
+    with serve_in_thread(pipeline="cpu-effect") as srv:
         yield srv
 
 
@@ -68,6 +79,8 @@ def settings_fields(schema: dict[str, Any], mode: str) -> list[str]:
 def test_schemas_carry_scope_metadata_and_settings(http: httpx.Client) -> None:
     pipelines = http.get("/api/v1/pipelines/schemas").json()["pipelines"]
     for pid, entry in pipelines.items():
+        if pid.startswith("test-"):
+            continue  # the tests' own small pipelines
         for key, kind in METADATA.items():
             assert isinstance(entry[key], kind), (pid, key, entry.get(key))
         schema = entry["config_schema"]
@@ -102,3 +115,237 @@ def test_schemas_carry_scope_metadata_and_settings(http: httpx.Client) -> None:
     sd = pipelines["streamdiffusion"]["config_schema"]["properties"]
     assert widget(sd["cfg_scale"]) == "slider" and widget(sd["dtype"]) == "enum"
     assert sd["similarity_filter"]["ui"]["modes"] == ["video"]
+
+
+# --- loads: an identical load is a no-op; loading_stage says what happens now ------------------
+
+
+@register
+class InitGatedPipeline(Pipeline):
+    """Counts its instances; construction waits for `gate` (a model being resolved, say)."""
+
+    id = "test-init-gated"
+    name = description = "test: gated construction"
+    gate: ClassVar[threading.Event] = threading.Event()
+    instances: ClassVar[int] = 0
+
+    def __init__(self, params: LoadParams) -> None:
+        super().__init__(params)
+        type(self).instances += 1
+        if not self.gate.wait(30):
+            raise RuntimeError("gate never opened")
+
+    def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
+        return [r.frame if r.frame is not None else np.zeros((*r.size, 3), np.uint8)
+                for r in batch]
+
+
+def wait_status(service: PipelineService, status: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while service.status().status != status:
+        assert time.monotonic() < deadline, service.status()
+        time.sleep(0.01)
+
+
+def push(service_stream: Any, value: int, pts: int) -> None:
+    image = np.full((16, 16, 3), value, np.uint8)
+    service_stream.push(InputFrame(decode=lambda: image, pts=pts, time_base=Fraction(1, 90_000),
+                                   arrived=time.monotonic()))
+
+
+def test_an_identical_load_is_a_no_op_and_streams_notice_nothing(
+        service: PipelineService) -> None:
+    InitGatedPipeline.gate.set()
+    service.load_blocking("test-init-gated", {"height": 128}, timeout=20)
+    built = InitGatedPipeline.instances
+    sink = RecordingSink()
+    stream = service.open_stream(sink, offers_video=True)
+    push(stream, 10, 0)
+    sink.wait(1)
+    # Same pipeline, same effective parameters: defaults spelled out, Scope's alias for the
+    # seed, and keys of Scope's own pipelines (ignored) are all "the same load".
+    for params in ({"height": 128}, {"height": 128, "width": 512, "seed": 42},
+                   {"height": 128, "base_seed": 42, "quantization": None, "vae_type": "wan"}):
+        service.load("test-init-gated", params)
+        assert service.status().status == "loaded"  # at once: nothing was started
+    push(stream, 20, 3000)
+    sink.wait(2)
+    assert InitGatedPipeline.instances == built and not sink.stopped
+    assert [int(f.image[0, 0, 0]) for f in sink.frames[:2]] == [10, 20]
+    # A different effective load does reload.
+    service.load("test-init-gated", {"height": 256})
+    wait_status(service, "loaded")
+    assert InitGatedPipeline.instances == built + 1
+
+
+def test_loading_stage_says_what_is_happening_now(service: PipelineService) -> None:
+    service.load_blocking("passthrough")
+    InitGatedPipeline.gate.clear()
+    try:
+        service.load("test-init-gated")
+        deadline = time.monotonic() + 20
+        # The old pipeline is unloaded first; then the new one is being built.
+        while service.status().loading_stage != "preparing test-init-gated":
+            assert time.monotonic() < deadline, service.status()
+            time.sleep(0.01)
+        assert service.status().status == "loading"
+    finally:
+        InitGatedPipeline.gate.set()
+    wait_status(service, "loaded")
+    assert service.status().loading_stage is None
+
+
+# --- a WebRTC session driven the way Scope's app drives it -------------------------------------
+
+LIGHT = (220, 220, 220)  # the cpu effect maps brightness to the prompt's palette
+
+
+def prompt(text: str) -> list[dict[str, Any]]:
+    return [{"text": text, "weight": 1.0}]
+
+
+class ScopeAppPeer:
+    """What Scope's app does on Start: load, ICE servers, a VP8-only video transceiver, an audio
+    recvonly transceiver, the `parameters` channel, an offer with initialParameters."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self.pc = RTCPeerConnection()
+        self.messages: list[dict[str, Any]] = []
+        self._arrived = asyncio.Event()
+        self.frames: asyncio.Queue[Any] = asyncio.Queue(maxsize=4)
+        self.source = NumberedFrames(size=96, fps=20, tint=LIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, initial: dict[str, Any]) -> None:
+        await self.http.get("/api/v1/webrtc/ice-servers")
+        channel = self.pc.createDataChannel("parameters", ordered=True)
+        self.channel = channel
+        opened = asyncio.Event()
+        channel.on("open", opened.set)
+        channel.on("message", self._on_message)
+        video = self.pc.addTransceiver(self.source, direction="sendrecv")
+        vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs
+               if c.mimeType == "video/VP8"]
+        video.setCodecPreferences(vp8)
+        self.pc.addTransceiver("audio", direction="recvonly")
+        self.pc.on("track", self._on_track)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        assert "H264" not in self.pc.localDescription.sdp  # VP8 only, as Scope's app offers
+        r = await self.http.post("/api/v1/webrtc/offer", json={
+            "sdp": self.pc.localDescription.sdp, "type": "offer", "initialParameters": initial})
+        assert r.status_code == 200, r.text
+        self.session_id = r.json()["sessionId"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(r.json()["sdp"], "answer"))
+        await asyncio.wait_for(opened.wait(), 20)
+
+    def _on_message(self, raw: str) -> None:
+        self.messages.append(json.loads(raw))
+        self._arrived.set()
+
+    def _on_track(self, track: Any) -> None:
+        if track.kind == "video":
+            task = asyncio.ensure_future(self._pump(track))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, track: Any) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except Exception:  # noqa: BLE001 - the track ended
+                return
+            if self.frames.full():
+                self.frames.get_nowait()  # keep the latest
+            self.frames.put_nowait(frame)
+
+    def send(self, update: dict[str, Any]) -> None:
+        self.channel.send(json.dumps(update))
+
+    async def message(self, predicate: Any, timeout_s: float = 20.0) -> dict[str, Any]:
+        """The first message (seen so far or arriving) matching `predicate`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for m in self.messages:
+                if predicate(m):
+                    return m
+            self._arrived.clear()
+            await asyncio.wait_for(self._arrived.wait(), max(deadline - time.monotonic(), 0.01))
+
+    async def colour_until(self, predicate: Any, limit: int = 100) -> np.ndarray:
+        for _ in range(limit):
+            frame = await asyncio.wait_for(self.frames.get(), 20)
+            rgb = frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+            if predicate(rgb):
+                return rgb
+        raise AssertionError("no frame matched")
+
+
+def applied(m: dict[str, Any], **values: Any) -> bool:
+    return m["type"] == "parameters_applied" and all(
+        m["parameters"].get(k) == v for k, v in values.items())
+
+
+async def test_a_session_driven_like_scopes_app(server: Server) -> None:
+    load = {"pipelines": [{"node_id": "main", "pipeline_id": "cpu-effect",
+                           "load_params": {"height": 512, "width": 512, "base_seed": 42,
+                                           "quantization": None, "vace_enabled": True}}]}
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        assert (await http.post("/api/v1/pipeline/load", json=load)).status_code == 200
+        peer = ScopeAppPeer(http)
+        try:
+            await peer.start({"prompts": prompt("red"), "noise_scale": 0.0,
+                              "denoising_step_list": [999]})
+            await peer.message(lambda m: applied(m, prompts=prompt("red")))
+            red = await peer.colour_until(lambda c: c[0] > c[2] + 60)
+            # About a second after connecting Scope's app posts the same load again: a no-op.
+            before = len(peer.source.sent)
+            r = await http.post("/api/v1/pipeline/load", json=load)
+            assert r.status_code == 200
+            assert (await http.get("/api/v1/pipeline/status")).json()["status"] == "loaded"
+            # Partial updates, one key at a time, as its controls send them.
+            peer.send({"noise_scale": 0.1})
+            peer.send({"denoising_step_list": [999, 500]})
+            peer.send({"prompts": prompt("blue")})
+            await peer.message(lambda m: applied(m, prompts=prompt("blue"), noise_scale=0.1,
+                                                 denoising_step_list=[999, 500]))
+            blue = await peer.colour_until(lambda c: c[2] > c[0] + 60)
+            assert len(peer.source.sent) > before  # the stream went on through the reload
+            kinds = [m["type"] for m in peer.messages]
+            assert "parameters_updated" not in kinds  # never an echo of its own updates
+            assert "stream_stopped" not in kinds
+            # A change from elsewhere (HTTP): Scope's parameters_updated, only its keys.
+            r = await http.post("/api/v1/session/parameters",
+                                json={"prompts": prompt("green"), "input_mode": "video",
+                                      "prompt_interpolation_method": "slerp"})
+            assert r.status_code == 200 and r.json()["sessions"] == 1
+            update = await peer.message(lambda m: m["type"] == "parameters_updated")
+            assert update == {"type": "parameters_updated",
+                              "parameters": {"prompts": prompt("green")}}
+            await peer.colour_until(lambda c: c[1] > c[0] + 40 and c[1] > c[2] + 40)
+            current = (await http.get("/api/v1/session/parameters",
+                                      params={"session_id": peer.session_id})).json()
+            assert current["parameters"]["prompts"] == prompt("green")
+            print(f"scope app session: red {red.round()}, blue {blue.round()}")
+        finally:
+            await peer.pc.close()
+
+
+@pytest.mark.parametrize(("body", "query", "status"), [
+    ({}, {}, 400),
+    ({"unknown": 1}, {}, 400),
+    ({"noise_scale": 5}, {}, 422),
+    ({"prompts": "blue"}, {}, 422),
+    ({"noise_scale": 0.5}, {"session_id": "nope"}, 404),
+    ({"noise_scale": 0.5}, {"session_id": "x" * 100}, 422),
+])
+def test_session_parameters_bad_input(http: httpx.Client, body: dict[str, Any],
+                                      query: dict[str, str], status: int) -> None:
+    r = http.post("/api/v1/session/parameters", json=body, params=query)
+    assert r.status_code == status and "detail" in r.json()
+
+
+def test_session_parameters_without_sessions(http: httpx.Client) -> None:
+    assert http.get("/api/v1/session/parameters").json() == {"parameters": {}}
+    r = http.post("/api/v1/session/parameters", json={"noise_scale": 0.5})
+    assert r.json()["sessions"] == 0

@@ -426,9 +426,9 @@ async def test_a_webrtc_session_through_the_app_returns_transformed_frames(
             sent = np.full((SIZE, SIZE, 3), (200, 60, 60), np.uint8)
             assert np.abs(image.astype(int) - sent).mean() > 10  # restyled, not passed through
             await client.send({"prompts": prompts("a blue whale")})
-            assert (await client.message("parameters_updated"))["parameters"]["prompts"][0][
+            assert (await client.message("parameters_applied"))["parameters"]["prompts"][0][
                 "text"] == "a red fox"  # the initial parameters, delivered when the channel opened
-            update = await client.message("parameters_updated")
+            update = await client.message("parameters_applied")
             assert update["parameters"]["prompts"][0]["text"] == "a blue whale"
             # Frames keep coming on the new prompt (a random-weight model barely shows prompts in
             # pixels; test_a_prompt_change_changes_the_output checks that at the pipeline).

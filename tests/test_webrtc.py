@@ -90,12 +90,12 @@ async def test_a_prompt_change_on_the_channel_changes_the_output(effect_server: 
     async with LiveV2VClient(effect_server.url) as client:
         await client.connect(NumberedFrames(size=128, fps=20, tint=LIGHT), RED)
         # Produced before the channel opened, delivered once it did:
-        initial = await client.message("parameters_updated")
+        initial = await client.message("parameters_applied")
         assert initial["parameters"]["prompts"] == [{"text": "red", "weight": 1.0}]
         red = mean_rgb(await frames_until(client, lambda f: mean_rgb(f)[0] > 150))
         assert red[0] > red[2] + 60
         await client.send(BLUE)
-        updated = await client.message("parameters_updated")
+        updated = await client.message("parameters_applied")
         assert updated["parameters"]["prompts"] == [{"text": "blue", "weight": 1.0}]
         assert updated["parameters"]["noise_scale"] == 0.0  # sticky values stay
         blue = mean_rgb(await frames_until(client, lambda f: mean_rgb(f)[2] > 150))
@@ -282,7 +282,7 @@ async def test_floods_and_huge_messages_leave_the_session_and_its_neighbours_ali
             noisy.channel.send(json.dumps({"seed": i}))
         deadline = time.monotonic() + 20
         while True:
-            update = await noisy.message("parameters_updated", timeout_s=20)
+            update = await noisy.message("parameters_applied", timeout_s=20)
             if update["parameters"].get("seed") == 299 or time.monotonic() > deadline:
                 break
         assert update["parameters"]["seed"] == 299

@@ -9,13 +9,18 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from ..auth import api_key_guard
-from . import health, models, pipeline, webrtc
+from . import health, models, pipeline, session, webrtc
 from .context import ApiContext
 
 __all__ = ["API_MODULES", "ApiContext", "build_router"]
 
 # Modules mounted under /api/v1, behind the API key. Order only matters for the OpenAPI listing.
-API_MODULES = [webrtc, pipeline, models]
+API_MODULES = [  # one per line: several people add modules here
+    webrtc,
+    pipeline,
+    session,
+    models,
+]
 
 
 def build_router(ctx: ApiContext) -> APIRouter:

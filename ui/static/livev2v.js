@@ -63,7 +63,10 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  *   track        {stream}            the output MediaStream (show it in a <video>)
  *   connection   {state}             RTCPeerConnection.connectionState
  *   message      {...}               every server message, parsed
- *   parameters   {parameters}        `parameters_updated`: the values in force
+ *   parameters   {parameters}        `parameters_applied` (LiveV2V): the values in force after
+ *                                    any accepted change, this client's own included
+ *   changed      {parameters}        `parameters_updated`: changed from elsewhere (an HTTP route,
+ *                                    another controller); only the keys that changed
  *   rejected     {error_message}     the server rejected an update (`error` message)
  *   stats        {...}               once a second: see getStats()
  *   stopped      {error_message, byServer, willReconnect}
@@ -390,8 +393,11 @@ export class LiveV2VClient extends EventTarget {
     if (!message || typeof message !== "object") return;
     this._emit("message", message);
     switch (message.type) {
-      case "parameters_updated":
+      case "parameters_applied":
         this._emit("parameters", { parameters: message.parameters || {} });
+        break;
+      case "parameters_updated": // Scope's meaning: changed from elsewhere, never our own echo
+        this._emit("changed", { parameters: message.parameters || {} });
         break;
       case "error":
         this._emit("rejected", { error_message: message.error_message });

@@ -59,7 +59,7 @@ class Studio {
       seed: 42,
       paused: false,
     };
-    this.lastParameters = null; // the last parameters_updated payload
+    this.lastParameters = null; // the last parameters_applied payload: the values in force
     this.messages = []; // recent server messages (for debugging and tests)
     this.timers = {};
     this.statusTimer = null;
@@ -148,6 +148,7 @@ class Studio {
       void applied.offsetWidth; // restart the animation
       applied.classList.add("lv-flash");
     });
+    c.on("changed", ({ parameters }) => this.applyChangedElsewhere(parameters));
     c.on("rejected", ({ error_message }) =>
       this.notice({ tone: "warn", title: "The server rejected a change", text: error_message }),
     );
@@ -399,6 +400,24 @@ class Studio {
     this.noticeKind = "loading";
     this.applyStatus(await this.client.getStatus().catch(() => this.status));
     this.pollStatus();
+  }
+
+  /** Someone else (an HTTP route, another controller) changed this session's parameters:
+   * show their values in the controls, as Scope's app does. */
+  applyChangedElsewhere(parameters) {
+    if (Array.isArray(parameters.prompts) && parameters.prompts.length) {
+      this.params.prompts = parameters.prompts.map((p) => ({ text: p.text, weight: p.weight ?? 1 }));
+      this.renderPrompts();
+    }
+    if (Array.isArray(parameters.denoising_step_list)) {
+      this.params.stepList = parameters.denoising_step_list.slice();
+      this.renderSteps();
+    }
+    if (typeof parameters.noise_scale === "number") {
+      this.params.noiseScale = parameters.noise_scale;
+      this.$("noise").value = parameters.noise_scale;
+      this.$("noise-value").textContent = parameters.noise_scale.toFixed(2);
+    }
   }
 
   /** Pipeline defaults for the current mode, for the controls the user has not touched. */
