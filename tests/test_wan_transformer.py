@@ -357,3 +357,33 @@ def test_vace_scale_zero_is_no_vace_and_hints_change_the_output(vace_dir: Path) 
     causal(latents, torch.zeros(1), text, cache, commit=True)
     with pytest.raises(ValueError, match="before the stream's first chunk"):
         causal.add_reference_frames(_latents(1, 4), text, cache)
+
+
+def test_compiled_blocks_match_and_stop_recompiling(wan_dir: Path) -> None:
+    """torch.compile'd blocks (as the pipelines' `compile` option does; Dynamo's eager backend,
+    so no code generation here) give the same outputs, and the graph count settles once the
+    cache is full: the cache bookkeeping stays outside the blocks."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    eager = CausalWanTransformer(WanTransformer3DModel.from_pretrained(wan_dir),
+                                 local_attn_size=4, sink_size=1)
+    compiled = CausalWanTransformer(WanTransformer3DModel.from_pretrained(wan_dir),
+                                    local_attn_size=4, sink_size=1)
+    for block in compiled.model.blocks:
+        block.compile(backend="eager")
+    caches = eager.new_cache(), compiled.new_cache()
+    text = _text(2)
+    graphs = []
+    try:
+        for chunk in range(5):
+            x = _latents(1, chunk)
+            for t, commit in ((700.0, False), (0.0, True)):
+                want = eager(x, torch.tensor([t]), text, caches[0], commit=commit, kv_bias=0.5)
+                got = compiled(x, torch.tensor([t]), text, caches[1], commit=commit, kv_bias=0.5)
+                torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
+            graphs.append(counters["stats"]["unique_graphs"])
+    finally:
+        torch._dynamo.reset()
+    # shared by both blocks, well under Dynamo's recompile limit (8), and no longer growing
+    assert graphs[-1] <= 6 and graphs[-1] == graphs[-3], graphs

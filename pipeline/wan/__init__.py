@@ -16,7 +16,7 @@ class CausalWanTransformer:   # wraps a loaded WanTransformer3DModel or WanVACET
                  vace_scale: float = 1.0) -> Tensor   # flow prediction, shape/dtype of latents
     def add_reference_frames(self, ref_latents, text_embeds, cache, *, kv_bias=1.0,
                              vace_scale=1.0) -> None   # VACE reference images, before chunk 0
-    model, window, is_vace, device, dtype           # attributes
+    model, window, is_vace, layers, device, dtype   # attributes (layers: name → block)
 
 class CausalCache:
     frames: int            # latent frames committed: the next chunk's start frame

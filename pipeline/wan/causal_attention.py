@@ -1,16 +1,19 @@
 """Attention processors that run diffusers' Wan attention modules chunk-causally.
 
-`CausalWanTransformer` installs one `CausalSelfAttnProcessor` on every `attn1` and one
+`CausalWanTransformer` installs a `CausalSelfAttnProcessor` on every `attn1` and a
 `CausalCrossAttnProcessor` on every `attn2` of the model (main and VACE blocks), then calls the
 blocks unchanged. The blocks pass their `rotary_emb` argument to `attn1` and their
-`encoder_hidden_states` to `attn2` untouched, so those two arguments carry the per-call state
-(`SelfAttentionCall`, `CrossAttentionCall`) into the processors: nothing is stored on the model
-between calls, and several streams (caches) can share one model. Called with ordinary arguments
-(the model's own `forward`), the processors behave exactly like diffusers' `WanAttnProcessor`.
+`encoder_hidden_states` to `attn2` untouched, so those two arguments carry one layer's per-call
+state (`SelfAttentionCall`, `CrossAttentionCall`) into the processors: nothing is stored on the
+model between calls, several streams (caches) can share one model, and the processors hold no
+per-layer constants (so torch.compile'd blocks share their graphs). Called with ordinary
+arguments (the model's own `forward`), the processors behave exactly like diffusers'
+`WanAttnProcessor`.
 
 Self-attention of a chunk: queries are the chunk's tokens; keys/values are the visible cached
-frames (see `window.py`) followed by the chunk's own. A committing pass (the clean pass at t=0)
-then appends the chunk's keys/values to the cache; denoising passes only read it.
+frames (see `window.py`) followed by the chunk's own. The processor hands the chunk's keys/values
+back in its `SelfAttentionCall`; after a committing pass (the clean pass at t=0) the caller
+appends them to the cache, after a denoising pass it drops them.
 
 `kv_bias` (`kv_cache_attention_bias`, 0.01–1, 1 = off) down-weights attention to cached frames:
 log(kv_bias) is added to the logits of every cached key, so each past key's unnormalised weight
@@ -31,9 +34,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from .kv_cache import CausalCache
 from .rope import apply_rotary
-from .window import FrameWindow
 
 KV_BIAS_RANGE = (0.01, 1.0)
 
@@ -48,43 +49,34 @@ def kv_bias_logit(kv_bias: float) -> float | None:
 
 @dataclass
 class SelfAttentionCall:
-    """Per-call state for `attn1` (passed where the block passes `rotary_emb`)."""
+    """One layer's per-call state for `attn1` (passed where the block passes `rotary_emb`).
+
+    In: the chunk's rotary phases, the layer's visible cached keys/values (None: none yet), the
+    kv-bias logit (a 0-d tensor, None when off). Out: the chunk's own keys/values, which the
+    caller commits to the cache after a clean pass. All bookkeeping happens outside the blocks,
+    so the processor is plain tensor code (torch.compile traces it without guards on the cache)."""
 
     cos: torch.Tensor
     sin: torch.Tensor
-    cache: CausalCache
-    window: FrameWindow
-    start: int
-    num_frames: int
-    tokens_per_frame: int
-    commit: bool
-    bias_logit: float | None
-
-    @property
-    def end(self) -> int:
-        return self.start + self.num_frames
+    past_key: torch.Tensor | None = None
+    past_value: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    key: torch.Tensor | None = field(default=None, repr=False)
+    value: torch.Tensor | None = field(default=None, repr=False)
 
 
 @dataclass
 class CrossAttentionCall:
-    """Per-call state for `attn2` (passed where the block passes `encoder_hidden_states`):
-    the raw text embedding and the model's text projection, applied only on a cache miss."""
+    """One layer's text keys/values for `attn2` (passed where the block passes
+    `encoder_hidden_states`), taken from the cross-attention cache."""
 
-    cache: CausalCache
-    text_embeds: torch.Tensor
-    text_embedder: torch.nn.Module
-    _projected: torch.Tensor | None = field(default=None, repr=False)
-
-    def projected(self) -> torch.Tensor:
-        if self._projected is None:
-            weight = next(self.text_embedder.parameters())
-            self._projected = self.text_embedder(self.text_embeds.to(weight.dtype))
-        return self._projected
+    key: torch.Tensor
+    value: torch.Tensor
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """[B, tokens, heads·d] → [B, tokens, heads, d]."""
-    return x.unflatten(2, (heads, -1))
+    """[B, tokens, heads·d] → [B, heads, tokens, d] (scaled_dot_product_attention's layout)."""
+    return x.unflatten(2, (heads, -1)).transpose(1, 2)
 
 
 def _output(attn: torch.nn.Module, out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -93,11 +85,19 @@ def _output(attn: torch.nn.Module, out: torch.Tensor, like: torch.Tensor) -> tor
     return attn.to_out[1](attn.to_out[0](out))
 
 
-class CausalSelfAttnProcessor:
-    """`attn1` of one layer, reading and (on commit) writing that layer's `LayerKV`."""
+def text_key_value(attn: torch.nn.Module, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cross-attention layer's keys/values [B, heads, L, d] for the projected text."""
+    if getattr(attn, "fused_projections", False):
+        key, value = attn.to_kv(text).chunk(2, dim=-1)
+    else:
+        key, value = attn.to_k(text), attn.to_v(text)
+    return _heads(attn.norm_k(key), attn.heads), _heads(value, attn.heads)
 
-    def __init__(self, layer: str) -> None:
-        self.layer = layer
+
+class CausalSelfAttnProcessor:
+    """`attn1`: the chunk's queries against the visible cached keys followed by its own."""
+
+    def __init__(self) -> None:
         self._plain = WanAttnProcessor()
 
     def __call__(
@@ -115,37 +115,30 @@ class CausalSelfAttnProcessor:
         if getattr(attn, "fused_projections", False):
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
-            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(
-                hidden_states
-            )
-        query = apply_rotary(_heads(attn.norm_q(query), attn.heads), call.cos, call.sin)
-        key = apply_rotary(_heads(attn.norm_k(key), attn.heads), call.cos, call.sin)
-        query, key = query.transpose(1, 2), key.transpose(1, 2)
-        value = _heads(value, attn.heads).transpose(1, 2)
+            query = attn.to_q(hidden_states)
+            key, value = attn.to_k(hidden_states), attn.to_v(hidden_states)
+        rotate = (call.cos, call.sin)
+        query = apply_rotary(attn.norm_q(query).unflatten(2, (attn.heads, -1)), *rotate)
+        key = apply_rotary(attn.norm_k(key).unflatten(2, (attn.heads, -1)), *rotate)
+        query, key, value = query.transpose(1, 2), key.transpose(1, 2), _heads(value, attn.heads)
+        call.key, call.value = key, value
 
-        layer = call.cache.layer(self.layer)
-        past = layer.visible(call.end, call.window, call.tokens_per_frame)
-        mask = None
-        if past is None:
-            keys, values = key, value
-        else:
-            keys = torch.cat([past[0], key], dim=2)
-            values = torch.cat([past[1], value], dim=2)
-            if call.bias_logit is not None:
+        keys, values, mask = key, value, None
+        if call.past_key is not None and call.past_value is not None:
+            keys = torch.cat([call.past_key, key], dim=2)
+            values = torch.cat([call.past_value, value], dim=2)
+            if call.bias is not None:
                 # one row, broadcast over batch, heads and queries
                 mask = query.new_zeros(1, 1, 1, keys.shape[2])
-                mask[..., : past[0].shape[2]] = call.bias_logit
+                mask[..., : call.past_key.shape[2]] = call.bias.to(mask.dtype)
         out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
-        if call.commit:
-            layer.append(key, value, call.start, call.window, call.tokens_per_frame)
         return _output(attn, out, hidden_states)
 
 
 class CausalCrossAttnProcessor:
-    """`attn2` of one layer, with its text keys/values cached per text embedding."""
+    """`attn2`: the chunk's queries against the cached text keys/values."""
 
-    def __init__(self, layer: str) -> None:
-        self.layer = layer
+    def __init__(self) -> None:
         self._plain = WanAttnProcessor()
 
     def __call__(
@@ -160,19 +153,10 @@ class CausalCrossAttnProcessor:
             return self._plain(attn, hidden_states, encoder_hidden_states, attention_mask,
                                rotary_emb)
         call = encoder_hidden_states
-        cached = call.cache.cross_attn.get(self.layer)
-        if cached is None:
-            text = call.projected()
-            if getattr(attn, "fused_projections", False):
-                key, value = attn.to_kv(text).chunk(2, dim=-1)
-            else:
-                key, value = attn.to_k(text), attn.to_v(text)
-            key = _heads(attn.norm_k(key), attn.heads).transpose(1, 2)
-            value = _heads(value, attn.heads).transpose(1, 2)
-            cached = call.cache.cross_attn[self.layer] = (key, value)
-        query = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads).transpose(1, 2)
-        key, value = cached
+        query = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
+        key, value = call.key, call.value
         if key.shape[0] != query.shape[0]:  # one prompt for the whole batch
-            key, value = (t.expand(query.shape[0], -1, -1, -1) for t in cached)
+            key = key.expand(query.shape[0], -1, -1, -1)
+            value = value.expand(query.shape[0], -1, -1, -1)
         out = F.scaled_dot_product_attention(query, key, value)
         return _output(attn, out, hidden_states)

@@ -23,6 +23,7 @@ from .causal_attention import (
     CrossAttentionCall,
     SelfAttentionCall,
     kv_bias_logit,
+    text_key_value,
 )
 from .kv_cache import CausalCache
 from .rope import chunk_rotary
@@ -57,10 +58,16 @@ class CausalWanTransformer:
         self.model = transformer
         self.window = FrameWindow(local_attn_size, sink_size)
         self.is_vace = isinstance(transformer, WanVACETransformer3DModel)
-        for group in ("blocks", "vace_blocks") if self.is_vace else ("blocks",):
-            for i, block in enumerate(getattr(transformer, group)):
-                block.attn1.set_processor(CausalSelfAttnProcessor(f"{group}.{i}"))
-                block.attn2.set_processor(CausalCrossAttnProcessor(f"{group}.{i}"))
+        groups = ("blocks", "vace_blocks") if self.is_vace else ("blocks",)
+        self.layers: dict[str, torch.nn.Module] = {
+            f"{group}.{i}": block
+            for group in groups
+            for i, block in enumerate(getattr(transformer, group))
+        }
+        self_attn, cross_attn = CausalSelfAttnProcessor(), CausalCrossAttnProcessor()
+        for block in self.layers.values():
+            block.attn1.set_processor(self_attn)
+            block.attn2.set_processor(cross_attn)
 
     @property
     def device(self) -> torch.device:
@@ -108,30 +115,44 @@ class CausalWanTransformer:
         bias_logit = kv_bias_logit(kv_bias)
 
         temb, timestep_proj = self._time_embedding(timestep, batch, frames, tokens_per_frame)
-        cos, sin = chunk_rotary(model.rope, cache.frames, frames, rows, cols, self.device)
-        self_call = SelfAttentionCall(
-            cos, sin, cache, self.window, cache.frames, frames, tokens_per_frame, commit,
-            bias_logit,
-        )
-        cache.use_text(text_embeds)
-        cross_call = CrossAttentionCall(cache, text_embeds, model.condition_embedder.text_embedder)
+        running = [n for n in self.layers if vace_context is not None or n.startswith("blocks.")]
+        start, end = cache.frames, cache.frames + frames
+        cos, sin = chunk_rotary(model.rope, start, frames, rows, cols, self.device)
+        bias = None
+        if bias_logit is not None:
+            bias = torch.tensor(bias_logit, device=self.device)
+        self_calls: dict[str, SelfAttentionCall] = {}
+        for name in running:
+            layer = cache.self_attn.get(name)
+            past = layer.visible(end, self.window, tokens_per_frame) if layer else None
+            self_calls[name] = SelfAttentionCall(cos, sin, *(past or (None, None)), bias=bias)
+        cross_calls = {
+            name: CrossAttentionCall(*kv) for name, kv in self._text_cache(text_embeds, cache)
+        }
 
         weight = model.patch_embedding.weight
         hidden = model.patch_embedding(latents.to(weight.dtype)).flatten(2).transpose(1, 2)
         hidden = hidden.contiguous()
         hints: dict[int, torch.Tensor] = {}
         if vace_context is not None:
-            layers = list(model.config.vace_layers)
-            produced = vace_hints(model, hidden, vace_context, cross_call, timestep_proj,
-                                  self_call)
-            hints = dict(zip(layers, produced, strict=True))
+            vace = [f"vace_blocks.{i}" for i in range(len(model.vace_blocks))]
+            produced = vace_hints(
+                model, hidden, vace_context, [cross_calls[n] for n in vace], timestep_proj,
+                [self_calls[n] for n in vace],
+            )
+            hints = dict(zip(model.config.vace_layers, produced, strict=True))
         for i, block in enumerate(model.blocks):
-            hidden = block(hidden, cross_call, timestep_proj, self_call)
+            name = f"blocks.{i}"
+            hidden = block(hidden, cross_calls[name], timestep_proj, self_calls[name])
             if i in hints:
                 hidden = hidden + hints[i] * vace_scale
 
         if commit:
-            cache.frames += frames
+            for name, call in self_calls.items():
+                if call.key is not None and call.value is not None:  # set by every attn1
+                    cache.layer(name).append(call.key, call.value, start, self.window,
+                                             tokens_per_frame)
+            cache.frames = end
             cache.tokens_per_frame = tokens_per_frame
         return self._unpatchify(hidden, temb, latents, rows, cols).to(latents.dtype)
 
@@ -154,6 +175,19 @@ class CausalWanTransformer:
         timestep = torch.zeros(ref_latents.shape[0], device=ref_latents.device)
         self(ref_latents, timestep, text_embeds, cache, commit=True, kv_bias=kv_bias,
              vace_context=context, vace_scale=vace_scale)
+
+    def _text_cache(
+        self, text_embeds: torch.Tensor, cache: CausalCache
+    ) -> list[tuple[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Every layer's text keys/values, from the cache or (new text) computed now."""
+        if not cache.use_text(text_embeds) or len(cache.cross_attn) < len(self.layers):
+            embedder = self.model.condition_embedder.text_embedder
+            weight = next(embedder.parameters())
+            projected = embedder(text_embeds.to(weight.device, weight.dtype))
+            for name, block in self.layers.items():
+                if name not in cache.cross_attn:
+                    cache.cross_attn[name] = text_key_value(block.attn2, projected)
+        return [(name, cache.cross_attn[name]) for name in self.layers]
 
     def _check(
         self,

@@ -16,6 +16,8 @@ so every later chunk sees them at the start of its cache (and keeps them when th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
@@ -24,25 +26,26 @@ def vace_hints(
     model: torch.nn.Module,
     hidden_states: torch.Tensor,
     control: torch.Tensor,
-    encoder_hidden_states: object,
+    encoder_hidden_states: Sequence[object],
     timestep_proj: torch.Tensor,
-    rotary_emb: object,
+    rotary_emb: Sequence[object],
 ) -> list[torch.Tensor]:
     """One hint [B, tokens, dim] per entry of `model.config.vace_layers`.
 
     `hidden_states` is the patch-embedded chunk; `control` the chunk's control context
-    [B, vace_in_channels, F, h, w] (same frames and size as the latents)."""
+    [B, vace_in_channels, F, h, w] (same frames and size as the latents);
+    `encoder_hidden_states` and `rotary_emb` what each VACE block passes to its attn2 / attn1."""
     weight = model.vace_patch_embedding.weight
     state = model.vace_patch_embedding(control.to(weight.dtype)).flatten(2).transpose(1, 2)
     hints = []
-    for block in model.vace_blocks:
+    for block, text, attention in zip(
+        model.vace_blocks, encoder_hidden_states, rotary_emb, strict=True
+    ):
         if block.proj_in is not None:
             state = block.proj_in(state) + hidden_states
         # A VACE block is a Wan block plus proj_in/proj_out; `WanTransformerBlock.forward`
         # (which, unlike the VACE block's, takes per-token timesteps) runs its modules.
-        state = WanTransformerBlock.forward(
-            block, state, encoder_hidden_states, timestep_proj, rotary_emb
-        )
+        state = WanTransformerBlock.forward(block, state, text, timestep_proj, attention)
         hints.append(block.proj_out(state))
     return hints
 
