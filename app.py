@@ -22,6 +22,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from pipeline import LocalPathPolicy, PipelineService
 from signaling.config import ServerSettings
+from signaling.encoder import use_live_encoder
 from signaling.errors import install_error_handlers
 from signaling.ice import IceServerProvider, is_loopback_host
 from signaling.jitter import release_frames_on_marker
@@ -57,6 +58,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
                                connect_timeout_s=settings.connect_timeout_s,
                                time_limit_s=settings.session_time_limit_s)
     release_frames_on_marker()  # one frame interval less latency per received frame
+    use_live_encoder()  # VP8 settings for clean live video: half the encoder's CPU
     if local:
         offer_loopback_candidates()
 

@@ -22,6 +22,7 @@ import json
 import time
 from typing import Any
 
+import av
 import httpx
 import numpy as np
 from aiortc import (
@@ -31,7 +32,9 @@ from aiortc import (
     RTCSessionDescription,
     VideoStreamTrack,
 )
+from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
+from av.packet import Packet
 
 from .ice import IceServer, to_aiortc
 from .jitter import release_frames_on_marker
@@ -192,6 +195,61 @@ class NumberedFrames(VideoStreamTrack):
         self._count += 1
         return frame
 
+    @property
+    def count(self) -> int:
+        """Frames sent so far."""
+        return self._count
+
+
+class EncodedNumbers(MediaStreamTrack):
+    """Like `NumberedFrames`, but the frames are VP8-encoded once, up front, and aiortc only
+    packetizes them: a load generator whose sending costs almost no CPU, so that a benchmark
+    measures the server rather than its own encoder. Frames repeat every `len(sequence)`
+    frames (the sequence starts with a keyframe); keyframe requests are not honoured."""
+
+    kind = "video"
+
+    def __init__(self, sequence: list[bytes], fps: float = 20.0) -> None:
+        super().__init__()
+        self.sequence, self.fps = sequence, fps
+        self.sent: dict[int, float] = {}
+        """frame number → time.monotonic() of its latest sending."""
+        self.count = 0
+        self._start: float | None = None
+
+    @staticmethod
+    def encode(size: int = 512, length: int = 200, bitrate: int = 500_000) -> list[bytes]:
+        """VP8 frames numbered 0..length-1, realtime settings as aiortc's encoder uses."""
+        codec = av.CodecContext.create("libvpx", "w")
+        codec.width = codec.height = size
+        codec.pix_fmt = "yuv420p"
+        codec.bit_rate = bitrate
+        codec.gop_size = 3000
+        codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+        out: list[bytes] = []
+        for number in range(length):
+            frame = VideoFrame.from_ndarray(draw_number(number, size), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = number
+            out.append(b"".join(bytes(p) for p in codec.encode(frame)))
+        assert all(out), "the encoder buffered frames"
+        return out
+
+    async def recv(self) -> Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        due = self._start + self.count / self.fps
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        number = self.count % len(self.sequence)
+        packet = Packet(self.sequence[number])
+        packet.pts = int(self.count * 90_000 / self.fps)
+        packet.time_base = fractions.Fraction(1, 90_000)
+        self.sent[number] = time.monotonic()
+        self.count += 1
+        return packet
+
 
 def draw_number(number: int, size: int, tint: tuple[int, int, int] | None = None) -> np.ndarray:
     image = np.full((size, size, 3), tint or (64, 64, 64), np.uint8)
@@ -202,6 +260,24 @@ def draw_number(number: int, size: int, tint: tuple[int, int, int] | None = None
             image[row * cell + cell // 4: (row + 1) * cell - cell // 4,
                   col * cell + cell // 4: (col + 1) * cell - cell // 4] = 255
     return image
+
+
+def read_frame_number(frame: VideoFrame) -> int:
+    """`read_number` straight from a decoded frame's luma plane (no RGB conversion: cheap
+    enough for a benchmark client reading every frame of many sessions)."""
+    if frame.format.name not in ("yuv420p", "yuvj420p", "nv12", "gray"):
+        return read_number(frame.to_ndarray(format="rgb24"))
+    plane = frame.planes[0]
+    luma = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    cell = frame.height // 4
+    half = max(1, cell // 8)
+    number = 0
+    for bit in range(BITS):
+        row, col = divmod(bit, 4)
+        y, x = row * cell + cell // 2, col * cell + cell // 2
+        if luma[y - half: y + half, x - half: x + half].mean() > 150:  # 16..235 range
+            number |= 1 << bit
+    return number
 
 
 def read_number(image: np.ndarray) -> int:
