@@ -71,7 +71,8 @@ class ParameterUpdate(BaseModel):
     vace_enabled: bool | None = None
     vace_context_scale: FiniteFloat | None = Field(default=None, ge=0.0, le=10.0)
     lora_scales: list[Any] | dict[str, Any] | None = None
-    kv_cache_attention_bias: FiniteFloat | None = None
+    kv_cache_attention_bias: FiniteFloat | None = Field(default=None, ge=0.01, le=1.0)
+    noise_controller: bool | None = None
     node_id: str | None = Field(default=None, max_length=200)
 
     _weights = field_validator("prompts")(_check_weights)
@@ -139,7 +140,7 @@ class ParameterState:
     """
 
     _EXTRA_KEYS = ("manage_cache", "vace_enabled", "vace_context_scale", "lora_scales",
-                   "kv_cache_attention_bias", "node_id")
+                   "kv_cache_attention_bias", "noise_controller", "node_id")
 
     def __init__(self, initial: ParameterUpdate | None = None) -> None:
         self._lock = threading.Lock()

@@ -61,7 +61,8 @@ def hub_offline() -> bool:
     return flag or bool(huggingface_hub.constants.HF_HUB_OFFLINE)
 
 
-def resolve_source(ref: str, probe_file: str) -> Source:
+def resolve_source(ref: str, probe_file: str, *, layout: str = _FOLDER_LAYOUT,
+                   example: str = "stabilityai/sd-turbo") -> Source:
     """Decide how to load `ref`; raise an actionable error when that cannot work at all.
 
     The hub is probed once with a short timeout: without it, each file download retries for ~25 s
@@ -72,8 +73,7 @@ def resolve_source(ref: str, probe_file: str) -> Source:
         return Source(str(path), is_folder=True, local_files_only=True)
     if looks_local(ref):
         raise PipelineError(f"Model folder {path} does not exist. Pass an existing folder "
-                            f"({_FOLDER_LAYOUT}) or a Hugging Face hub id such as "
-                            "stabilityai/sd-turbo.")
+                            f"({layout}) or a Hugging Face hub id such as {example}.")
     if hub_offline():
         return Source(ref, is_folder=False, local_files_only=True)
     return Source(ref, is_folder=False, local_files_only=not _hub_has(ref, probe_file))
@@ -122,12 +122,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
                                        "can't allocate memory")))
 
 
-def out_of_memory(action: str, device: torch.device) -> PipelineError:
+SD_MEMORY_ADVICE = ("Load with a smaller height/width, keep the tiny VAE (leave vae_id unset "
+                    "rather than 'full'), use float16 on CUDA, serve fewer sessions at once, or "
+                    "free memory used by other processes.")
+
+
+def out_of_memory(action: str, device: torch.device,
+                  advice: str = SD_MEMORY_ADVICE) -> PipelineError:
     where = "GPU memory" if device.type == "cuda" else "memory"
-    return PipelineError(
-        f"Not enough {where} to {action}. Load with a smaller height/width, keep the tiny VAE "
-        "(leave vae_id unset rather than 'full'), use float16 on CUDA, serve fewer sessions at "
-        "once, or free memory used by other processes.")
+    return PipelineError(f"Not enough {where} to {action}. {advice}")
 
 
 def _is_network_error(exc: BaseException) -> bool:
@@ -147,13 +150,14 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 @contextmanager
 def loading(component: str, source: Source, device: torch.device,
-            subfolder: str | None = None) -> Iterator[None]:
+            subfolder: str | None = None, *, layout: str = _FOLDER_LAYOUT,
+            advice: str = SD_MEMORY_ADVICE) -> Iterator[None]:
     """Turn whatever loading `component` raises into a `PipelineError` that says what to do."""
     where = Path(source.ref, subfolder) if subfolder else Path(source.ref)
     # transformers quietly builds an empty tokenizer from a folder without one: check first.
     if source.is_folder and not where.is_dir():
         raise PipelineError(f"Could not load the {component} from {where}: no such folder "
-                            f"({_FOLDER_LAYOUT}).")
+                            f"({layout}).")
     try:
         yield
     except PipelineError:
@@ -161,10 +165,10 @@ def loading(component: str, source: Source, device: torch.device,
     except Exception as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if any(is_out_of_memory(e) for e in _chain(exc)):
-            raise out_of_memory(f"load the {component}", device) from exc
+            raise out_of_memory(f"load the {component}", device, advice) from exc
         if source.is_folder:
             raise PipelineError(f"Could not load the {component} from {where}: {detail} "
-                                f"({_FOLDER_LAYOUT}).") from exc
+                                f"({layout}).") from exc
         if any(_is_network_error(e) for e in _chain(exc)):
             message = _not_cached(source.ref) if hub_offline() else _unreachable(source.ref)
             raise PipelineError(message) from exc

@@ -1,0 +1,49 @@
+"""`streamdiffusionv2`: StreamDiffusionV2 real-time video-to-video on Wan2.1-T2V-1.3B.
+
+A CausVid/Self-Forcing-distilled causal generator trained for streaming: chunks of 1 latent
+frame (4 video frames, 5 on a session's first chunk), attention over 6 latent frames with the
+first 3 kept as sinks (its config's num_kv_cache 6 / num_sink_tokens 3), the step list used as
+given (no shift), the motion-aware noise controller on. The loop is `pipeline.wan.video` (see
+docs/video-models.md).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from .params import Mode, ParameterUpdate
+from .wan.video import WanParams, WanVideoPipeline
+
+CHECKPOINT = "jerryfeng/StreamDiffusionV2/wan_causal_dmd_v2v/model.pt"
+VACE_MODULE = "Kijai/WanVideo_comfy/Wan2_1-VACE_module_1_3B_bf16.safetensors"
+
+
+class StreamDiffusionV2Params(WanParams):
+    """`load_params` of `streamdiffusionv2` (Scope's defaults: 512×512, VACE on)."""
+
+    checkpoint: str | None = Field(default=CHECKPOINT, min_length=1, max_length=1000)
+    vace_id: str | None = Field(default=VACE_MODULE, min_length=1, max_length=1000)
+    timestep_shift: float = Field(default=1.0, ge=1.0, le=20.0, allow_inf_nan=False)
+    local_attn_size: int = Field(default=6, ge=-1, le=1000)
+    sink_size: int = Field(default=3, ge=0, le=100)
+
+
+class StreamDiffusionV2Pipeline(WanVideoPipeline):
+    id = "streamdiffusionv2"
+    name = "StreamDiffusionV2"
+    description = ("StreamDiffusionV2: real-time streaming video-to-video (and text-to-video) "
+                   "with a causal, few-step Wan2.1-T2V-1.3B. Needs a GPU (~20 GB).")
+    modes: ClassVar[tuple[Mode, ...]] = ("video", "text")
+    Params = StreamDiffusionV2Params
+    latent_frames_per_chunk = 1
+    docs_url = "https://github.com/chenfengxu714/StreamDiffusionV2"
+
+    @classmethod
+    def mode_defaults(cls) -> dict[Mode, ParameterUpdate]:
+        return {
+            "video": ParameterUpdate(denoising_step_list=[750, 250], noise_scale=0.7,
+                                     manage_cache=True),
+            "text": ParameterUpdate(denoising_step_list=[1000, 750], manage_cache=True),
+        }

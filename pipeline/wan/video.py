@@ -1,0 +1,356 @@
+"""`WanVideoPipeline`: the chunk-by-chunk loop shared by `longlive` and `streamdiffusionv2`.
+
+Per call and session (one chunk; `frames_per_call` frames in video mode):
+
+1. conditioning: the UMT5 embedding of the prompt list, blended and moved along a transition
+   (pipeline/blending.py), cached per text;
+2. start latents: text mode pure noise; video mode the input encoded by the streaming VAE and
+   noised to n = `noise_scale` (or what the motion-aware controller makes of it),
+   x = n·ε + (1 − n)·z; with VACE on, the encoded input becomes VACE's control context instead
+   and the chunk starts from pure noise (structure from VACE, appearance from the prompt);
+3. few-step flow-matching denoising over `denoising_step_list` (wan/sampling.py), each step one
+   call of the causal transformer, which attends to the session's KV cache of past frames;
+4. the clean pass: the denoised chunk at timestep 0 is committed to the KV cache;
+5. the streaming VAE decodes the chunk: as many frames as came in (1 + 4k on a session's first
+   chunk, 4k after).
+
+Cache management: with `manage_cache` (default on) the transformer's KV cache restarts when the
+prompt changes outside a transition, or the step list or `noise_scale` changes (old context
+under new conditions drags the picture back); `reset_cache` restarts the whole session (VAE
+included). Sessions are processed one after another: each has its own caches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual alias
+from pydantic import Field
+
+from ..base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
+from ..blending import conditioning
+from ..diffusion.loading import is_out_of_memory, out_of_memory
+from ..diffusion.noise import seeded_normal
+from ..params import FrameParams, Mode, ParameterState, WeightedPrompt
+from ..streamdiffusion import crop_to_aspect
+from . import sampling
+from .text import MAX_LENGTH, TextEncoder
+from .vace_loading import load_vace_transformer, vace_control
+from .vae import TEMPORAL, StreamingVAE, VAECache
+from .weights import (
+    DEFAULT_MODEL,
+    MEMORY_ADVICE,
+    load_wan_model,
+    resolve_device,
+    resolve_dtype,
+)
+
+_NOISE_TAG = 7  # seeds of this module's noise never coincide with streamdiffusion's
+
+
+class WanParams(LoadParams):
+    """`load_params` shared by the Wan pipelines (each sets its own defaults)."""
+
+    height: int = Field(default=512, ge=16, le=2048, multiple_of=16,
+                        description="Output height (multiple of 16: VAE 8× and 2×2 patches).")
+    width: int = Field(default=512, ge=16, le=2048, multiple_of=16,
+                       description="Output width (multiple of 16).")
+    model_id: str = Field(default=DEFAULT_MODEL, min_length=1, max_length=1000,
+                          description="Diffusers-format Wan2.1-T2V-1.3B: hub id or local folder "
+                                      "(tokenizer/, text_encoder/, vae/, transformer/).")
+    checkpoint: str | None = Field(
+        default=None, min_length=1, max_length=1000,
+        description="Distilled causal generator: local file or hub file owner/name/path; "
+                    "null = the model folder's own transformer.")
+    lora: str | None = Field(default=None, min_length=1, max_length=1000,
+                             description="LoRA merged into the generator (file or hub file).")
+    lora_alpha: float | None = Field(default=None, gt=0.0, le=1e6, allow_inf_nan=False,
+                                     description="LoRA alpha; unset = its rank (scale 1).")
+    vace_id: str | None = Field(
+        default=None, min_length=1, max_length=1000,
+        description="VACE module weights (file or hub file: vace_blocks.*, "
+                    "vace_patch_embedding.*); used when vace_enabled.")
+    vace_context_scale: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False,
+                                      description="Strength of the VACE hints.")
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto", description="auto = bfloat16 on CUDA, float32 on CPU.")
+    timestep_shift: float = Field(default=5.0, ge=1.0, le=20.0, allow_inf_nan=False,
+                                  description="Shift applied to denoising_step_list "
+                                              "(1 = use the list as given).")
+    local_attn_size: int = Field(default=12, ge=-1, le=1000,
+                                 description="Latent frames a chunk attends to, sinks and "
+                                             "itself included (-1 = all).")
+    sink_size: int = Field(default=3, ge=0, le=100,
+                           description="First latent frames kept in the KV cache for good.")
+    noise_controller: bool = Field(default=True,
+                                   description="Video: more noise when the input moves more.")
+    manage_cache: bool = Field(default=True, description="Restart the KV cache when the "
+                                                         "prompt, steps or noise change.")
+    compile: bool = Field(default=False, description="torch.compile the transformer blocks.")
+
+    def local_refs(self) -> list[str]:
+        return [r for r in (self.model_id, self.checkpoint, self.lora, self.vace_id) if r]
+
+
+@dataclass
+class WanSession:
+    """One session's state: VAE and transformer caches, the controller, what manage_cache
+    compares against."""
+
+    vae: VAECache
+    cache: Any
+    chunks: int = 0
+    previous_frame: torch.Tensor | None = None
+    effective_noise: float | None = None
+    last_prompts: tuple[WeightedPrompt, ...] | None = None
+    last_steps: tuple[int, ...] | None = None
+    last_noise: float | None = None
+    cache_resets: int = 0
+    """Transformer cache restarts by manage_cache (for tests and stats)."""
+    last_noise_used: float | None = None
+    vace_zero: VAECache | None = None
+    """Encoder cache of VACE's inactive (black) video."""
+
+
+class WanVideoPipeline(Pipeline):
+    """Causal Wan2.1 video diffusion, text-to-video and video-to-video (see module doc)."""
+
+    modes: ClassVar[tuple[Mode, ...]] = ("text", "video")
+    supports_vace = True
+    supports_lora = True
+    supports_cache_management = True
+    requires_models = True
+    min_dimension = 16
+    estimated_vram_gb = 20.0
+    Params: ClassVar[type[LoadParams]] = WanParams
+    latent_frames_per_chunk: ClassVar[int] = 3
+    """Latent frames per chunk after the first (the model's block size); ×4 input frames."""
+    max_batch_size = 4
+    max_sessions = 2
+    params: WanParams
+
+    def __init__(self, params: LoadParams) -> None:
+        params_cls = type(self).Params
+        if not isinstance(params, params_cls):
+            params = params_cls.model_validate(params.model_dump())
+        super().__init__(params)
+        self.device = resolve_device(self.params.device)
+        self.dtype = resolve_dtype(self.params.dtype, self.device)
+        self.vace_active = False
+
+    # --- loading ------------------------------------------------------------------------------
+
+    def load(self, progress: ProgressCallback) -> None:
+        from .causal_transformer import CausalWanTransformer
+
+        p = self.params
+        wan = load_wan_model(p.model_id, p.checkpoint, p.lora, p.lora_alpha, self.device,
+                             self.dtype, progress)
+        transformer = wan.transformer
+        if p.vace_enabled:
+            if p.vace_id is None:
+                raise PipelineError("vace_enabled is true but no vace_id is set: pass the VACE "
+                                    "module weights, or load with vace_enabled: false.")
+            progress(0.82, "loading VACE")
+            transformer = load_vace_transformer(transformer, p.vace_id, self.device, self.dtype)
+            self.vace_active = True
+        self.model_config = transformer.config
+        self.vae = StreamingVAE(wan.vae)
+        max_length = min(MAX_LENGTH, int(getattr(wan.tokenizer, "model_max_length", MAX_LENGTH)))
+        self.text = TextEncoder(wan.tokenizer, wan.text_encoder, max_length=max_length)
+        if p.compile:
+            for block in transformer.blocks:
+                block.compile()
+        self.transformer = CausalWanTransformer(transformer, local_attn_size=p.local_attn_size,
+                                                sink_size=p.sink_size)
+        self.latent_shape = (int(self.model_config.in_channels), p.height // self.vae.spatial,
+                             p.width // self.vae.spatial)
+        progress(0.9, "warming up" + (" (torch.compile: may take minutes)" if p.compile else ""))
+        try:
+            self.process(self._warm_up_batch())
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise PipelineError(f"Warm-up failed: {type(exc).__name__}: {exc}") from exc
+        progress(1.0, "ready")
+
+    def _warm_up_batch(self) -> list[FrameRequest]:
+        size = (self.params.height, self.params.width)
+        defaults = self.mode_defaults()
+        requests = []
+        for mode in self.modes:
+            state = self.new_state()
+            frames = (np.zeros((self.frames_per_call(state), *size, 3), np.uint8)
+                      if mode == "video" else None)
+            requests.append(_request(frames, size, ParameterState().snapshot(defaults[mode]),
+                                     state))
+        return requests
+
+    def close(self) -> None:
+        for name in ("transformer", "vae", "text"):
+            self.__dict__.pop(name, None)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    def new_state(self) -> WanSession:
+        return WanSession(vae=self.vae.new_cache(), cache=self.transformer.new_cache(1))
+
+    def frames_per_call(self, state: Any) -> int:
+        first = not isinstance(state, WanSession) or state.vae.encoded_frames == 0
+        k = self.latent_frames_per_chunk
+        return 1 + TEMPORAL * k if first else TEMPORAL * k
+
+    def batch_key(self, request: FrameRequest) -> Hashable:
+        return (id(request.state),)  # every session has its own caches: never batched
+
+    # --- processing ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
+        outputs = []
+        for request in batch:
+            try:
+                outputs.append(self._chunk(request))
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                size = f"{self.params.height}×{self.params.width}"
+                raise out_of_memory(f"render a chunk at {size}", self.device,
+                                    MEMORY_ADVICE) from exc
+        return outputs
+
+    def _chunk(self, request: FrameRequest) -> np.ndarray:
+        state: WanSession = request.state
+        params = request.params
+        frames = _frames_of(request)
+        self._manage_cache(state, params)
+        cond = conditioning(params, self.text.embed).to(self.transformer.dtype)
+        sigmas = sampling.shifted_sigmas(params.denoising_step_list, self.params.timestep_shift)
+        vace_context = None
+        if frames is not None:
+            wanted = self.frames_per_call(state)
+            video = self._preprocess(frames, wanted)
+            latents = self.vae.encode(video, state.vae)
+            if self._vace_on(params):
+                vace_context = vace_control(latents, self.vae, state, video)
+                start_sigmas = sigmas
+                x = self._noise(state, params, latents.shape, 0)
+            else:
+                noise = self._effective_noise(state, params, video)
+                start_sigmas = sampling.start_sigmas(sigmas, noise)
+                eps = self._noise(state, params, latents.shape, 0)
+                x = noise * eps + (1.0 - noise) * latents
+            state.previous_frame = video[0, :, -1]
+            count = frames.shape[0]
+        else:
+            k = self.latent_frames_per_chunk + (1 if state.vae.decoded_latents == 0 else 0)
+            shape = (1, self.latent_shape[0], k, *self.latent_shape[1:])
+            start_sigmas = sigmas
+            x = self._noise(state, params, shape, 0)
+            count = None
+        kv_bias = float(params.extras.get("kv_cache_attention_bias") or 1.0)
+        scale = float(params.extras.get("vace_context_scale", self.params.vace_context_scale))
+        dtype = self.transformer.dtype
+
+        def model(latents: torch.Tensor, timestep: float, commit: bool = False) -> torch.Tensor:
+            t = torch.full((latents.shape[0],), timestep, device=self.device)
+            return self.transformer(latents.to(dtype), t, cond, state.cache, commit=commit,
+                                    kv_bias=kv_bias, vace_context=vace_context,
+                                    vace_scale=scale).float()
+
+        noises = [x] + [self._noise(state, params, x.shape, k)
+                        for k in range(1, len(start_sigmas))]
+        sample = sampling.denoise(model, x, start_sigmas, noises)
+        model(sample.x0, 0.0, commit=True)  # the clean pass: the chunk joins the KV cache
+        decoded = self.vae.decode(sample.x0, state.vae)[0]  # (3, T, H, W)
+        state.chunks += 1
+        out = ((decoded.permute(1, 2, 3, 0) + 1.0) * 127.5).round().clamp(0, 255)
+        image = out.to(torch.uint8).cpu().numpy()
+        if count is not None and image.shape[0] != count:
+            image = _fit_count(image, count)
+        return image
+
+    def _vace_on(self, params: FrameParams) -> bool:
+        return self.vace_active and bool(params.extras.get("vace_enabled", True))
+
+    def _manage_cache(self, state: WanSession, params: FrameParams) -> None:
+        """Restart the KV cache when the conditions it was built under changed (module doc)."""
+        prompts = params.transition.target if params.transition is not None else params.prompts
+        manage = params.extras.get("manage_cache", self.params.manage_cache)
+        changed = state.last_steps is not None and (
+            (params.transition is None and params.prompts != state.last_prompts)
+            or params.denoising_step_list != state.last_steps
+            or params.noise_scale != state.last_noise)
+        if manage and changed and state.cache.frames:
+            state.cache.reset()
+            state.cache_resets += 1
+        state.last_prompts, state.last_steps = prompts, params.denoising_step_list
+        state.last_noise = params.noise_scale
+
+    def _effective_noise(self, state: WanSession, params: FrameParams,
+                         video: torch.Tensor) -> float:
+        if not params.extras.get("noise_controller", self.params.noise_controller):
+            state.effective_noise = params.noise_scale
+        else:
+            amount = sampling.motion(video[0].transpose(0, 1), state.previous_frame)
+            state.effective_noise = sampling.controlled_noise(params.noise_scale, amount,
+                                                              state.effective_noise)
+        state.last_noise_used = state.effective_noise
+        return state.effective_noise
+
+    def _noise(self, state: WanSession, params: FrameParams, shape: tuple[int, ...],
+               step: int) -> torch.Tensor:
+        noise = seeded_normal(tuple(shape), _NOISE_TAG, self.params.seed, params.seed,
+                              state.chunks, step)
+        return noise.to(self.device)
+
+    def _preprocess(self, frames: np.ndarray, wanted: int) -> torch.Tensor:
+        """T×H×W×3 uint8 → (1, 3, wanted, h, w) in −1..1 at the load size; a chunk of another
+        length keeps its newest frames or repeats its oldest."""
+        if frames.shape[0] > wanted:
+            frames = frames[-wanted:]
+        elif frames.shape[0] < wanted:
+            pad = np.repeat(frames[:1], wanted - frames.shape[0], axis=0)
+            frames = np.concatenate([pad, frames])
+        h, w = self.params.height, self.params.width
+        crop = np.stack([crop_to_aspect(f, h, w) for f in frames])
+        x = torch.from_numpy(crop).to(self.device).permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True,
+                              align_corners=False)
+        x = x / 127.5 - 1.0
+        return x.permute(1, 0, 2, 3)[None]  # (1, 3, T, h, w)
+
+
+def _frames_of(request: FrameRequest) -> np.ndarray | None:
+    frames = getattr(request, "frames", None)
+    if frames is None and getattr(request, "frame", None) is not None:
+        frames = request.frame[None]
+    return frames
+
+
+def _fit_count(image: np.ndarray, count: int) -> np.ndarray:
+    """Keep the newest `count` frames, or repeat the oldest (a chunk that had to be padded)."""
+    if image.shape[0] > count:
+        return image[-count:]
+    return np.concatenate([np.repeat(image[:1], count - image.shape[0], axis=0), image])
+
+
+def _request(frames: np.ndarray | None, size: tuple[int, int], params: FrameParams,
+             state: Any) -> FrameRequest:
+    """A FrameRequest for this pipeline's own calls (warm-up), whatever the interface version."""
+    try:
+        return FrameRequest(frames=frames, size=size, params=params, state=state,  # type: ignore[call-arg]
+                            index=0)
+    except TypeError:
+        frame = None if frames is None else frames[-1]
+        return FrameRequest(frame=frame, size=size, params=params, state=state, index=0)

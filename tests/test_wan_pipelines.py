@@ -1,0 +1,417 @@
+"""The Wan video pipelines (`longlive`, `streamdiffusionv2`) on a tiny random-weight Wan2.1.
+
+Everything loads through `model_id` from a diffusers-layout folder written by
+`tests.tiny_wan` (plus generator, LoRA and VACE files written here in the original Wan key
+names), with the same code a hub id takes. The causal transformer itself is tested in
+tests/test_wan_transformer.py; here: the streaming VAE, weight conversion, load errors, the
+sampler and the chunk loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.torch import save_file
+
+from pipeline import FrameRequest, PipelineError
+from pipeline.longlive import LongLivePipeline
+from pipeline.params import FrameParams, Mode, ParameterState, ParameterUpdate
+from pipeline.streamdiffusionv2 import StreamDiffusionV2Pipeline
+from pipeline.wan import sampling, weights
+from pipeline.wan.vae import StreamingVAE
+from pipeline.wan.video import WanVideoPipeline
+from tests.tiny_wan import build_tiny_wan
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model folder, a generator checkpoint and LoRA in original Wan naming as
+    training repos save them, a VACE module file, and a generator that does not fit."""
+    from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
+
+    root = tmp_path_factory.mktemp("wan")
+    model = build_tiny_wan(root / "model")
+    config = dict(WanTransformer3DModel.load_config(model / "transformer"))
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    torch.manual_seed(1)
+    generator = WanTransformer3DModel.from_config(config).state_dict()
+    original = weights.to_original_keys(generator)
+    torch.save({"generator": {f"model.{k}": v for k, v in original.items()}},
+               root / "generator.pt")
+    torch.manual_seed(2)
+    lora = {}
+    for name in ("blocks.0.self_attn.q", "blocks.1.ffn.0"):
+        out_f, in_f = original[f"{name}.weight"].shape
+        lora[f"base_model.model.{name}.lora_A.weight"] = torch.randn(4, in_f)
+        lora[f"base_model.model.{name}.lora_B.weight"] = torch.randn(out_f, 4)
+    torch.save({"generator_lora": lora}, root / "lora.pt")
+    vace = WanVACETransformer3DModel.from_config(
+        {**config, "vace_layers": [0], "vace_in_channels": 4 + 4 + 64}).state_dict()
+    save_file(weights.to_original_keys({k: v.contiguous() for k, v in vace.items()
+                                        if k.startswith("vace_")}),
+              str(root / "vace.safetensors"))
+    torch.save({"generator": weights.to_original_keys(WanTransformer3DModel.from_config(
+        {**config, "num_layers": 3}).state_dict())}, root / "other.pt")
+    return {"model": model, "generator": root / "generator.pt", "lora": root / "lora.pt",
+            "vace": root / "vace.safetensors", "other": root / "other.pt",
+            "root": root}
+
+
+def load(cls: type[WanVideoPipeline], files: dict[str, Path], **params: Any) -> WanVideoPipeline:
+    values = {"model_id": str(files["model"]), "checkpoint": None, "lora": None,
+              "vace_enabled": False, "height": SIZE, "width": SIZE, **params}
+    pipeline = cls(cls.Params.model_validate(values))
+    pipeline.load(lambda fraction, stage: None)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def sdv2(files: dict[str, Path]) -> WanVideoPipeline:
+    return load(StreamDiffusionV2Pipeline, files)
+
+
+@pytest.fixture(scope="module")
+def longlive(files: dict[str, Path]) -> WanVideoPipeline:
+    """LongLive as published: generator checkpoint + merged LoRA + VACE."""
+    return load(LongLivePipeline, files, checkpoint=str(files["generator"]),
+                lora=str(files["lora"]), vace_id=str(files["vace"]), vace_enabled=True)
+
+
+def params(pipeline: WanVideoPipeline, mode: Mode, state: ParameterState | None = None,
+           **update: Any) -> FrameParams:
+    state = state or ParameterState()
+    if update:
+        state.apply(ParameterUpdate.model_validate(update))
+    return state.snapshot(pipeline.mode_defaults()[mode])
+
+
+def chunk(pipeline: WanVideoPipeline, state: Any, frames: np.ndarray | None,
+          frame_params: FrameParams | None = None, **update: Any) -> np.ndarray:
+    mode: Mode = "text" if frames is None else "video"
+    p = frame_params or params(pipeline, mode, **update)
+    try:
+        request = FrameRequest(frames=frames, size=(SIZE, SIZE), params=p, state=state,  # type: ignore[call-arg]
+                               index=0)
+    except TypeError:  # the single-frame interface
+        request = FrameRequest(frame=None if frames is None else frames[-1], size=(SIZE, SIZE),
+                               params=p, state=state, index=0)
+        request.frames = frames  # type: ignore[attr-defined]
+    (out,) = pipeline.process([request])
+    return out
+
+
+def video(count: int, seed: int = 0, moving: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    if not moving:
+        return np.repeat(base[None], count, axis=0)
+    return np.stack([np.roll(base, 6 * i, axis=1) for i in range(count)])
+
+
+def prompts(text: str) -> list[dict[str, Any]]:
+    return [{"text": text, "weight": 1.0}]
+
+
+# --- streaming VAE ------------------------------------------------------------------------------
+
+def test_streaming_vae_equals_one_call_over_the_clip(sdv2: WanVideoPipeline) -> None:
+    vae: StreamingVAE = sdv2.vae
+    clip = torch.rand(1, 3, 13, SIZE, SIZE) * 2 - 1
+    with torch.no_grad():
+        whole = vae.vae.encode(clip).latent_dist.mode()
+    whole = (whole - vae.mean) * vae.inv_std
+    cache = vae.new_cache()
+    streamed = torch.cat([vae.encode(clip[:, :, a:b], cache) for a, b in ((0, 5), (5, 9),
+                                                                         (9, 13))], dim=2)
+    assert streamed.shape == whole.shape == (1, 4, 4, SIZE // 8, SIZE // 8)
+    torch.testing.assert_close(streamed, whole, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        decoded = vae.vae.decode(whole / vae.inv_std + vae.mean).sample
+    cache = vae.new_cache()
+    pieces = [vae.decode(whole[:, :, a:b], cache) for a, b in ((0, 2), (2, 3), (3, 4))]
+    assert [p.shape[2] for p in pieces] == [5, 4, 4]  # 1 + 4k, then 4 per latent frame
+    torch.testing.assert_close(torch.cat(pieces, dim=2), decoded, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        vae.encode(clip[:, :, :4], vae.new_cache())
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+def test_checkpoint_key_conversion_round_trips(files: dict[str, Path]) -> None:
+    from diffusers import WanVACETransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    from tests.tiny_wan import tiny_transformer_config
+
+    torch.manual_seed(0)
+    model = WanVACETransformer3DModel.from_config(
+        {**tiny_transformer_config(), "vace_layers": [0], "vace_in_channels": 72})
+    ours = model.state_dict()
+    original = weights.to_original_keys(ours)
+    assert weights.is_original_naming(original) and not weights.is_original_naming(ours)
+    assert "head.head.weight" in original and "blocks.0.self_attn.q.weight" in original
+    assert "blocks.0.norm3.weight" in original and "vace_blocks.0.before_proj.weight" in original
+    back = convert_wan_transformer_to_diffusers(dict(original))  # diffusers' own converter
+    assert back.keys() == ours.keys()
+    assert all(back[k] is ours[k] for k in ours)
+    wrapped = {"generator_ema": {f"module.model.{k}": v for k, v in original.items()}}
+    assert weights.to_diffusers_keys(weights.unwrap(wrapped)).keys() == ours.keys()
+
+
+def test_a_checkpoint_and_lora_load_through_model_id(files: dict[str, Path],
+                                                     longlive: WanVideoPipeline) -> None:
+    saved = torch.load(files["generator"], weights_only=True)["generator"]
+    lora = torch.load(files["lora"], weights_only=True)["generator_lora"]
+    loaded = longlive.transformer.model.state_dict()
+    q = "blocks.0.attn1.to_q.weight"
+    expected = saved["model.blocks.0.self_attn.q.weight"] + (
+        lora["base_model.model.blocks.0.self_attn.q.lora_B.weight"]
+        @ lora["base_model.model.blocks.0.self_attn.q.lora_A.weight"])
+    torch.testing.assert_close(loaded[q], expected)  # alpha = rank: scale 1
+    untouched = "blocks.1.attn1.to_k.weight"
+    torch.testing.assert_close(loaded[untouched], saved["model.blocks.1.self_attn.k.weight"])
+    assert longlive.vace_active and list(longlive.model_config.vace_layers) == [0]
+
+
+def test_no_checkpoint_uses_the_folders_transformer(files: dict[str, Path],
+                                                    sdv2: WanVideoPipeline) -> None:
+    from diffusers import WanTransformer3DModel
+
+    folder = WanTransformer3DModel.from_pretrained(files["model"], subfolder="transformer")
+    for key, value in folder.state_dict().items():
+        torch.testing.assert_close(sdv2.transformer.model.state_dict()[key], value)
+
+
+def test_load_reports_progress(files: dict[str, Path]) -> None:
+    stages: list[tuple[float, str]] = []
+    pipeline = StreamDiffusionV2Pipeline(StreamDiffusionV2Pipeline.Params(
+        model_id=str(files["model"]), checkpoint=str(files["generator"]), vace_enabled=False,
+        height=SIZE, width=SIZE))
+    pipeline.load(lambda fraction, stage: stages.append((fraction, stage)))
+    names = [stage for _, stage in stages]
+    for expected in ("loading text encoder", "loading VAE", "reading generator checkpoint",
+                     "warming up", "ready"):
+        assert any(name.startswith(expected) for name in names), names
+    fractions = [fraction for fraction, _ in stages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+# --- load errors a person can act on ------------------------------------------------------------
+
+def failed_load(files: dict[str, Path], **params: Any) -> str:
+    with pytest.raises(PipelineError) as info:
+        load(StreamDiffusionV2Pipeline, files, **params)
+    return str(info.value)
+
+
+def test_a_missing_model_folder_says_what_a_folder_holds(files: dict[str, Path]) -> None:
+    message = failed_load(files, model_id=str(files["root"] / "nowhere"))
+    assert "does not exist" in message and "transformer/" in message
+
+
+def test_a_folder_without_model_index_is_not_a_model(files: dict[str, Path]) -> None:
+    message = failed_load(files, model_id=str(files["root"]))
+    assert "model_index.json" in message
+
+
+def test_an_incomplete_folder_names_the_missing_part(files: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(files["model"], partial)
+    shutil.rmtree(partial / "vae")
+    message = failed_load(files, model_id=str(partial))
+    assert "Could not load the VAE" in message and "vae/" in message
+
+
+def test_a_missing_checkpoint_file_says_so(files: dict[str, Path]) -> None:
+    message = failed_load(files, checkpoint=str(files["root"] / "missing.pt"))
+    assert "missing.pt does not exist" in message
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_keys(files: dict[str, Path]) -> None:
+    message = failed_load(files, checkpoint=str(files["other"]))
+    assert "does not fit the transformer" in message
+    assert "unexpected" in message and "blocks.2." in message
+
+
+def test_a_lora_that_does_not_fit_says_so(files: dict[str, Path], tmp_path: Path) -> None:
+    bad = {"blocks.7.self_attn.q.lora_A.weight": torch.zeros(2, 16),
+           "blocks.7.self_attn.q.lora_B.weight": torch.zeros(16, 2)}
+    torch.save(bad, tmp_path / "bad_lora.pt")
+    message = failed_load(files, checkpoint=str(files["generator"]),
+                          lora=str(tmp_path / "bad_lora.pt"))
+    assert "LoRA does not fit" in message and "blocks.7" in message
+
+
+def test_not_enough_memory_is_said_before_loading(files: dict[str, Path],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(weights, "available_memory", lambda device: 1024)
+    message = failed_load(files)
+    assert "Not enough memory" in message and "GiB" in message and "height/width" in message
+
+
+def test_vace_without_weights_is_a_clear_error(files: dict[str, Path]) -> None:
+    message = failed_load(files, vace_enabled=True, vace_id=None)
+    assert "vace_id" in message and "vace_enabled: false" in message
+
+
+@pytest.mark.parametrize("bad", [
+    {"height": 40}, {"width": 8}, {"timestep_shift": 0.5}, {"local_attn_size": -2},
+    {"vace_context_scale": 3.0}, {"lora_alpha": 0}, {"dtype": "int8"}, {"model_id": ""},
+])
+def test_bad_load_params_are_rejected(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        LongLivePipeline.Params.model_validate(bad)
+
+
+def test_published_defaults() -> None:
+    longlive = LongLivePipeline.Params.model_validate({"vace_enabled": False, "foo": 1})
+    assert longlive.checkpoint == "Efficient-Large-Model/LongLive-1.3B/models/longlive_base.pt"
+    assert longlive.lora == "Efficient-Large-Model/LongLive-1.3B/models/lora.pt"
+    assert (longlive.height, longlive.width, longlive.timestep_shift) == (320, 576, 5.0)
+    sdv2 = StreamDiffusionV2Pipeline.Params()
+    assert sdv2.checkpoint == "jerryfeng/StreamDiffusionV2/wan_causal_dmd_v2v/model.pt"
+    assert sdv2.model_id == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers" and sdv2.vace_enabled
+    assert StreamDiffusionV2Pipeline.Params(checkpoint=None).checkpoint is None
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+def test_step_list_warping_and_video_start() -> None:
+    warped = sampling.shifted_sigmas([1000, 750, 500, 250], 5.0)
+    assert warped == pytest.approx([1.0, 0.9375, 2.5 / 3, 0.625])
+    assert sampling.shifted_sigmas([750, 250], 1.0) == pytest.approx([0.75, 0.25])
+    assert sampling.start_sigmas([0.75, 0.25], 0.6) == pytest.approx([0.6, 0.2])
+    assert sampling.start_sigmas([1.0, 0.5], None) == [1.0, 0.5]
+
+
+def test_denoise_recovers_the_clean_latent_with_a_perfect_model() -> None:
+    generator = torch.Generator().manual_seed(0)
+    x0, eps = (torch.randn(1, 4, 2, 4, 4, generator=generator) for _ in range(2))
+    noises = [torch.randn(1, 4, 2, 4, 4, generator=generator) for _ in range(3)]
+    seen: list[float] = []
+
+    def perfect(x: torch.Tensor, t: float) -> torch.Tensor:
+        seen.append(t)
+        sigma = t / 1000
+        return (x - x0) / sigma  # the flow ε − x₀ implied by x = (1 − σ)x₀ + σε
+
+    sigmas = [0.9, 0.5, 0.2]
+    sample = sampling.denoise(perfect, (1 - 0.9) * x0 + 0.9 * eps, sigmas, noises)
+    torch.testing.assert_close(sample.x0, x0)
+    assert seen == pytest.approx([900.0, 500.0, 200.0]) and sample.calls == 3
+
+
+def test_the_noise_controller_adds_noise_for_motion() -> None:
+    still = torch.zeros(4, 3, 8, 8)
+    moving = torch.stack([torch.full((3, 8, 8), 0.3 * i) for i in range(4)])
+    assert sampling.motion(still, None) == 0.0
+    assert sampling.motion(moving, None) == 1.0
+    assert sampling.controlled_noise(0.6, 0.0, None) == pytest.approx(0.6)
+    assert sampling.controlled_noise(0.6, 1.0, None) == pytest.approx(0.8)
+    assert sampling.controlled_noise(0.6, 1.0, 0.6) == pytest.approx(0.7)  # smoothed
+
+
+# --- the chunk loop -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "first", "later"), [("sdv2", 5, 4), ("longlive", 13, 12)])
+def test_chunks_follow_the_vaes_1_plus_4k(name: str, first: int, later: int,
+                                          request: pytest.FixtureRequest) -> None:
+    pipeline: WanVideoPipeline = request.getfixturevalue(name)
+    state = pipeline.new_state()
+    assert pipeline.frames_per_call(state) == first
+    out = chunk(pipeline, state, video(first))
+    assert out.shape == (first, SIZE, SIZE, 3) and out.dtype == np.uint8
+    assert pipeline.frames_per_call(state) == later
+    assert chunk(pipeline, state, video(later, 1)).shape == (later, SIZE, SIZE, 3)
+    text_state = pipeline.new_state()
+    assert chunk(pipeline, text_state, None).shape == (first, SIZE, SIZE, 3)
+    assert chunk(pipeline, text_state, None).shape == (later, SIZE, SIZE, 3)
+    assert state.cache.frames == text_state.cache.frames > 0  # each chunk was committed
+
+
+def test_a_prompt_change_and_a_transition_change_the_output(sdv2: WanVideoPipeline) -> None:
+    def run(**update: Any) -> np.ndarray:
+        state = sdv2.new_state()
+        return chunk(sdv2, state, None, params(sdv2, "text", **update))
+
+    fox = run(prompts=prompts("a red fox"))
+    np.testing.assert_array_equal(fox, run(prompts=prompts("a red fox")))  # deterministic
+    assert not np.array_equal(fox, run(prompts=prompts("a blue whale")))
+    halfway = ParameterState(ParameterUpdate.model_validate({"prompts": prompts("a red fox")}))
+    halfway.apply(ParameterUpdate.model_validate(
+        {"transition": {"target_prompts": prompts("a blue whale"), "num_steps": 2}}))
+    mixed = chunk(sdv2, sdv2.new_state(), None, halfway.snapshot(sdv2.mode_defaults()["text"]))
+    assert not np.array_equal(mixed, fox)
+
+
+def test_manage_cache_restarts_the_kv_cache_on_a_new_prompt_only(
+        sdv2: WanVideoPipeline) -> None:
+    settings = ParameterState(ParameterUpdate.model_validate({"prompts": prompts("a cat")}))
+    defaults = sdv2.mode_defaults()["text"]
+    state = sdv2.new_state()
+    for _ in range(2):
+        chunk(sdv2, state, None, settings.snapshot(defaults))
+    assert state.cache_resets == 0 and state.cache.frames == 3
+    settings.apply(ParameterUpdate.model_validate(
+        {"transition": {"target_prompts": prompts("a dog"), "num_steps": 2}}))
+    for _ in range(3):  # during and at the end of a transition: no restart
+        chunk(sdv2, state, None, settings.snapshot(defaults))
+    assert state.cache_resets == 0
+    settings.apply(ParameterUpdate.model_validate({"prompts": prompts("the sea")}))
+    chunk(sdv2, state, None, settings.snapshot(defaults))
+    assert state.cache_resets == 1 and state.cache.frames == 1
+    settings.apply(ParameterUpdate.model_validate({"denoising_step_list": [1000, 500]}))
+    chunk(sdv2, state, None, settings.snapshot(defaults))
+    assert state.cache_resets == 2
+    settings.apply(ParameterUpdate.model_validate({"manage_cache": False,
+                                                   "prompts": prompts("a city")}))
+    chunk(sdv2, state, None, settings.snapshot(defaults))
+    assert state.cache_resets == 2 and state.cache.frames == 2
+
+
+def test_sessions_are_isolated_and_a_reset_starts_over(sdv2: WanVideoPipeline) -> None:
+    a, b = sdv2.new_state(), sdv2.new_state()
+    first = [chunk(sdv2, a, video(5)), chunk(sdv2, a, video(4, 1))]
+    chunk(sdv2, b, video(5, 7), prompts=prompts("neon city"))  # another session in between
+    again = sdv2.new_state()  # what reset_cache gives a session
+    repeat = [chunk(sdv2, again, video(5))]
+    chunk(sdv2, b, video(4, 8), prompts=prompts("neon city"))
+    repeat.append(chunk(sdv2, again, video(4, 1)))
+    for x, y in zip(first, repeat, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_video_motion_raises_the_noise(sdv2: WanVideoPipeline) -> None:
+    still, moving = sdv2.new_state(), sdv2.new_state()
+    for state, moves in ((still, False), (moving, True)):
+        chunk(sdv2, state, video(5, moving=moves))
+        chunk(sdv2, state, video(4, moving=moves))
+    assert still.last_noise_used == pytest.approx(0.7)
+    assert moving.last_noise_used > 0.75
+    fixed = sdv2.new_state()
+    chunk(sdv2, fixed, video(5, moving=True), noise_controller=False)
+    assert fixed.last_noise_used == pytest.approx(0.7)
+
+
+def test_vace_and_kv_bias_steer_the_output(longlive: WanVideoPipeline) -> None:
+    clip = video(13)
+    guided = chunk(longlive, longlive.new_state(), clip)
+    plain = chunk(longlive, longlive.new_state(), clip, vace_enabled=False)
+    assert not np.array_equal(guided, plain)
+    state = longlive.new_state()
+    chunk(longlive, state, clip)
+    biased_state = longlive.new_state()
+    chunk(longlive, biased_state, clip)
+    normal = chunk(longlive, state, video(12, 3))
+    biased = chunk(longlive, biased_state, video(12, 3), kv_cache_attention_bias=0.1)
+    assert not np.array_equal(normal, biased)
