@@ -35,7 +35,9 @@ from ..base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCa
 from ..blending import conditioning
 from ..diffusion.loading import is_out_of_memory, out_of_memory
 from ..diffusion.noise import seeded_normal
+from ..hub import HubModel
 from ..params import FrameParams, Mode, ParameterState, WeightedPrompt
+from ..paths import looks_local
 from ..streamdiffusion import crop_to_aspect
 from . import sampling
 from .text import MAX_LENGTH, TextEncoder
@@ -44,9 +46,11 @@ from .vae import TEMPORAL, StreamingVAE, VAECache
 from .weights import (
     DEFAULT_MODEL,
     MEMORY_ADVICE,
+    is_local_file_ref,
     load_wan_model,
     resolve_device,
     resolve_dtype,
+    split_hub_file,
 )
 
 _NOISE_TAG = 7  # seeds of this module's noise never coincide with streamdiffusion's
@@ -94,7 +98,9 @@ class WanParams(LoadParams):
     compile: bool = Field(default=False, description="torch.compile the transformer blocks.")
 
     def local_refs(self) -> list[str]:
-        return [r for r in (self.model_id, self.checkpoint, self.lora, self.vace_id) if r]
+        files = [r for r in (self.checkpoint, self.lora, self.vace_id)
+                 if r and is_local_file_ref(r)]
+        return [self.model_id, *files]
 
 
 @dataclass
@@ -144,6 +150,22 @@ class WanVideoPipeline(Pipeline):
         self.vace_active = False
 
     # --- loading ------------------------------------------------------------------------------
+
+    @classmethod
+    def hub_models(cls, params: LoadParams | None = None) -> list[HubModel]:
+        """The base model's tokenizer, text encoder, VAE and transformer config (the whole
+        transformer without a checkpoint), and the checkpoint, LoRA and VACE hub files."""
+        p = params if isinstance(params, cls.Params) else cls.Params()
+        assert isinstance(p, WanParams)
+        base = ["model_index.json", "tokenizer/*", "text_encoder/*", "vae/*", "scheduler/*",
+                "transformer/config.json" if p.checkpoint else "transformer/*"]
+        repos: dict[str, list[str]] = {p.model_id: base}
+        for ref in [p.checkpoint, p.lora] + ([p.vace_id] if p.vace_enabled else []):
+            if ref and not is_local_file_ref(ref) and ref.count("/") >= 2:
+                repo, filename = split_hub_file(ref)
+                repos.setdefault(repo, []).append(filename)
+        return [HubModel(repo, tuple(files)) for repo, files in repos.items()
+                if not looks_local(repo)]
 
     def load(self, progress: ProgressCallback) -> None:
         from .causal_transformer import CausalWanTransformer

@@ -30,7 +30,6 @@ import torch
 
 from ..base import PipelineError, ProgressCallback
 from ..diffusion.loading import Source, is_out_of_memory, loading, out_of_memory, resolve_source
-from ..paths import looks_local
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +132,12 @@ def to_original_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 # --- files ---------------------------------------------------------------------------------------
 
+def is_local_file_ref(ref: str) -> bool:
+    """True for a filesystem path, False for a hub file `owner/name/path/in/repo` (which has
+    more than one slash, unlike a hub id, so `paths.looks_local` would call it local)."""
+    return ref.startswith((".", "/", "~")) or "\\" in ref or Path(ref).expanduser().exists()
+
+
 def split_hub_file(ref: str) -> tuple[str, str]:
     """`owner/name/path/in/repo` → (`owner/name`, `path/in/repo`)."""
     parts = ref.strip("/").split("/")
@@ -148,7 +153,7 @@ def fetch_file(ref: str, what: str, device: torch.device) -> Path:
     path = Path(ref).expanduser()
     if path.is_file():
         return path
-    if looks_local(ref) or path.is_dir():
+    if is_local_file_ref(ref):
         raise PipelineError(f"The {what} file {path} does not exist"
                             + (" (it is a folder: name the weights file inside it)."
                                if path.is_dir() else "."))
