@@ -387,3 +387,32 @@ def test_compiled_blocks_match_and_stop_recompiling(wan_dir: Path) -> None:
         torch._dynamo.reset()
     # shared by both blocks, well under Dynamo's recompile limit (8), and no longer growing
     assert graphs[-1] <= 6 and graphs[-1] == graphs[-3], graphs
+
+
+def test_adjacent_sinks_sit_just_before_the_window(tmp_path: Path) -> None:
+    """sink_positions="adjacent": a chunk sees the sinks as if they came right before its window.
+    With one layer, cached keys depend only on their own frame, so the chunk at frame 7 (window
+    of 4 with 1 sink: frames 0, 5, 6 and itself) equals diffusers' pass over frames 0, 5, 6, 7
+    laid out as a contiguous 4-frame clip."""
+    torch.manual_seed(4)
+    WanTransformer3DModel(**{**CONFIG, "num_layers": 1}).save_pretrained(tmp_path)
+    text, latents = _text(2), _latents(8, 1)
+    adjacent = CausalWanTransformer(WanTransformer3DModel.from_pretrained(tmp_path),
+                                    local_attn_size=4, sink_size=1, sink_positions="adjacent")
+    absolute = CausalWanTransformer(WanTransformer3DModel.from_pretrained(tmp_path),
+                                    local_attn_size=4, sink_size=1)
+    caches = adjacent.new_cache(), absolute.new_cache()
+    for frame in range(8):
+        chunk, t = latents[:, :, frame:frame + 1], torch.tensor([0.0])
+        near = adjacent(chunk, t, text, caches[0], commit=True)
+        far = absolute(chunk, t, text, caches[1], commit=True)
+        if frame < 4:  # nothing evicted yet: the sinks are where they always were
+            torch.testing.assert_close(near, far, atol=ATOL, rtol=1e-4)
+    assert not torch.allclose(near, far, atol=1e-4)
+    clip = latents[:, :, [0, 5, 6, 7]]
+    expected = _reference(
+        WanTransformer3DModel.from_pretrained(tmp_path),
+        attention_mask([1, 1, 1, 1], TOKENS_PER_FRAME, FrameWindow()),
+        hidden_states=clip, timestep=torch.zeros(1), encoder_hidden_states=text,
+    )
+    torch.testing.assert_close(near, expected[:, :, 3:], atol=ATOL, rtol=1e-4)

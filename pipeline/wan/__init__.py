@@ -4,7 +4,8 @@ Transformer half (this package's `causal_*`, `kv_cache`, `window`, `rope`, `vace
 
 ```python
 class CausalWanTransformer:   # wraps a loaded WanTransformer3DModel or WanVACETransformer3DModel
-    def __init__(self, transformer, *, local_attn_size: int = -1, sink_size: int = 0) -> None
+    def __init__(self, transformer, *, local_attn_size: int = -1, sink_size: int = 0,
+                 sink_positions: Literal["absolute", "adjacent"] = "absolute") -> None
     def new_cache(self, batch_size: int = 1) -> CausalCache  # on the model's device/dtype
     def __call__(self, latents: Tensor,           # [B, C, F, h, w] the chunk's latent frames
                  timestep: Tensor,                # [B] or [B, F], 0..1000 scale

@@ -13,6 +13,9 @@ The model's modules and weights are used as loaded (attention processors swapped
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Literal
+
 import torch
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan_vace import WanVACETransformer3DModel
@@ -26,7 +29,7 @@ from .causal_attention import (
     text_key_value,
 )
 from .kv_cache import CausalCache
-from .rope import chunk_rotary
+from .rope import chunk_rotary, shift_frames
 from .vace import reference_context, vace_hints
 from .window import FrameWindow
 
@@ -36,7 +39,11 @@ class CausalWanTransformer:
     (Wan2.1 text-to-video layout; the image-conditioned I2V variant is not supported).
 
     `local_attn_size` is the number of latent frames a chunk attends to, sinks and the chunk
-    itself included (-1 = all); `sink_size` the number of first frames always kept."""
+    itself included (-1 = all); `sink_size` the number of first frames always kept.
+    `sink_positions`: "absolute" keeps every frame's true RoPE position (a full-sequence pass);
+    "adjacent" moves the sinks, at attention time, to just before the window's oldest frame, so
+    no query is ever more than local_attn_size frames from a key (StreamingLLM's positions within
+    the cache; keeps a model trained on short clips in range on an endless stream)."""
 
     def __init__(
         self,
@@ -44,7 +51,10 @@ class CausalWanTransformer:
         *,
         local_attn_size: int = -1,
         sink_size: int = 0,
+        sink_positions: Literal["absolute", "adjacent"] = "absolute",
     ) -> None:
+        if sink_positions not in ("absolute", "adjacent"):
+            raise ValueError(f"sink_positions must be absolute or adjacent, got {sink_positions}")
         if not isinstance(transformer, WanTransformer3DModel | WanVACETransformer3DModel):
             raise TypeError(
                 "expected a diffusers WanTransformer3DModel or WanVACETransformer3DModel, got "
@@ -57,6 +67,10 @@ class CausalWanTransformer:
             raise ValueError(f"temporal patch size must be 1, got {tuple(config.patch_size)}")
         self.model = transformer
         self.window = FrameWindow(local_attn_size, sink_size)
+        self.sink_positions = sink_positions
+        self._move_sinks = None
+        if sink_positions == "adjacent":
+            self._move_sinks = partial(shift_frames, transformer.rope)
         self.is_vace = isinstance(transformer, WanVACETransformer3DModel)
         groups = ("blocks", "vace_blocks") if self.is_vace else ("blocks",)
         self.layers: dict[str, torch.nn.Module] = {
@@ -124,7 +138,9 @@ class CausalWanTransformer:
         self_calls: dict[str, SelfAttentionCall] = {}
         for name in running:
             layer = cache.self_attn.get(name)
-            past = layer.visible(end, self.window, tokens_per_frame) if layer else None
+            past = None
+            if layer is not None:
+                past = layer.visible(end, self.window, tokens_per_frame, self._move_sinks)
             self_calls[name] = SelfAttentionCall(cos, sin, *(past or (None, None)), bias=bias)
         cross_calls = {
             name: CrossAttentionCall(*kv) for name, kv in self._text_cache(text_embeds, cache)

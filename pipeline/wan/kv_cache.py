@@ -16,6 +16,7 @@ chunk's attention is one `torch.cat` of the visible cache with its own keys, wit
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,9 +34,16 @@ class LayerKV:
     frames: list[int] = field(default_factory=list)
 
     def visible(
-        self, end: int, window: FrameWindow, tokens_per_frame: int
+        self,
+        end: int,
+        window: FrameWindow,
+        tokens_per_frame: int,
+        move_sinks: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The cached keys/values a chunk ending (exclusive) at `end` attends to, or None."""
+        """The cached keys/values a chunk ending (exclusive) at `end` attends to, or None.
+
+        With `move_sinks` (adjacent sink positions), the sink keys are rotated forward by
+        `move_sinks(keys, frames)` so they sit just before the window's oldest frame."""
         if self.key is None or self.value is None:
             return None
         sinks = sum(1 for f in self.frames if f < window.sink_size)
@@ -44,13 +52,17 @@ class LayerKV:
             (i for i in range(sinks, len(self.frames)) if self.frames[i] >= oldest),
             len(self.frames),
         )
-        if first == sinks:  # contiguous: a view, no copy
+        shift = oldest - window.sink_size if move_sinks is not None and sinks else 0
+        if shift <= 0 and first == sinks:  # contiguous and in place: the cache itself
             return self.key, self.value
         if sinks == 0 and first == len(self.frames):
             return None
-        parts = (slice(0, sinks * tokens_per_frame), slice(first * tokens_per_frame, None))
-        key = torch.cat([self.key[:, :, p] for p in parts], dim=2)
-        value = torch.cat([self.value[:, :, p] for p in parts], dim=2)
+        split, rest = sinks * tokens_per_frame, first * tokens_per_frame
+        sink_key = self.key[:, :, :split]
+        if shift > 0 and move_sinks is not None:
+            sink_key = move_sinks(sink_key, shift)
+        key = torch.cat([sink_key, self.key[:, :, rest:]], dim=2)
+        value = torch.cat([self.value[:, :, :split], self.value[:, :, rest:]], dim=2)
         return key, value
 
     def append(

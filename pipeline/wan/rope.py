@@ -57,3 +57,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return rotated.flatten(-2).type_as(x)
+
+
+def shift_frames(
+    rope: torch.nn.Module, key: torch.Tensor, frames: int
+) -> torch.Tensor:
+    """Rotate already-rotated keys (any layout ending in head_dim) `frames` frames later in
+    time: RoPE rotations compose, so this equals rotating them at their frame + `frames`."""
+    wide = torch.float32 if key.device.type == "mps" else torch.float64
+    theta = float(getattr(rope, "theta", ROPE_THETA))
+    position = torch.tensor([float(frames)], dtype=wide, device=key.device)
+    angles = _angles(rope.t_dim, position, theta)[0]
+    angles = torch.cat([angles, angles.new_zeros((rope.h_dim + rope.w_dim) // 2)])
+    return apply_rotary(key, angles.cos().float(), angles.sin().float())
