@@ -62,31 +62,48 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     if local:
         offer_loopback_candidates()
 
+    ctx = ApiContext(sessions, service, ice, settings, VERSION)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx.logs.install()  # the server's own log lines, for /api/v1/logs
         service.start()
         if settings.pipeline:
             service.load(settings.pipeline, load_params)
         log.info("ICE servers: %s", ice.source)
         yield
+        ctx.stopping.set()
         await sessions.close_all("Server shutting down")
         service.stop()
         await ice.aclose()
+        ctx.logs.uninstall()
 
     app = FastAPI(title="LiveV2V", version=VERSION, lifespan=lifespan,
                   root_path=settings.root_path,
                   description="Real-time video-to-video diffusion over WebRTC "
                               "(Daydream Scope-compatible API).")
     app.state.service, app.state.sessions, app.state.ice = service, sessions, ice
+    app.state.stopping = ctx.stopping
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex(),
                        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
                        allow_headers=["*"], max_age=600)
     # API routes first: Gradio's mount at "/" is a catch-all.
-    app.include_router(build_router(ApiContext(sessions, service, ice, settings, VERSION)))
+    app.include_router(build_router(ctx))
     app.include_router(ui_router)  # /ui/livev2v.js for pages other than ours
     return gr.mount_gradio_app(app, build_blocks(), path="/", **MOUNT_OPTIONS)
+
+
+class Server(uvicorn.Server):
+    """uvicorn, telling long-lived responses (Scope's OSC event stream) to end as soon as
+    shutdown starts; otherwise they would hold it for the whole graceful-shutdown timeout."""
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        stopping = getattr(getattr(self.config.app, "state", None), "stopping", None)
+        if stopping is not None:
+            stopping.set()
+        await super().shutdown(sockets)
 
 
 @dataclass
@@ -167,8 +184,8 @@ def serve_in_background(load_params: dict | None = None, **settings: Any) -> Bac
 
 def _start_background(config: ServerSettings, load_params: dict | None) -> BackgroundServer:
     app = create_app(config, load_params)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port,
-                                           log_level="warning", timeout_graceful_shutdown=5))
+    server = Server(uvicorn.Config(app, host=config.host, port=config.port,
+                                   log_level="warning", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, name="livev2v-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -210,6 +227,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models-dir", type=Path, default=None,
                         help="local model folders under this one may be loaded; without it, "
                              "local folders are allowed only when bound to a loopback host")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder for small per-user state (Scope's onboarding status); "
+                             "default: $LIVEV2V_DATA_DIR or ~/.local/share/livev2v")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
 
@@ -226,13 +246,14 @@ def main(argv: list[str] | None = None) -> None:
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
         max_sessions=args.max_sessions, session_time_limit_s=args.session_time_limit,
         root_path=args.root_path, api_key=args.api_key, models_dir=args.models_dir,
+        data_dir=args.data_dir,
     )
     app = create_app(settings, args.load_params)
     shown = "localhost" if is_loopback_host(args.host) else args.host
     log.info("LiveV2V %s on http://%s:%d (pipeline: %s)", VERSION, shown, args.port,
              settings.pipeline or "none")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
-                timeout_graceful_shutdown=5)
+    Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
+                          timeout_graceful_shutdown=5)).run()
 
 
 if __name__ == "__main__":

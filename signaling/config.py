@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -23,7 +25,22 @@ class ServerSettings(BaseModel):
     root_path: str = ""
     api_key: str | None = Field(default=None, min_length=1, repr=False)
     models_dir: Path | None = None
+    data_dir: Path | None = None
+    """Where small per-user state lives (onboarding status); default: `default_data_dir()`."""
 
     def cors_origin_regex(self) -> str:
         extra = [re.escape(o.rstrip("/")) for o in self.cors_origins if o != "*"]
         return "^(" + "|".join([LOCAL_ORIGINS, *extra]) + ")$"
+
+
+def default_data_dir() -> Path:
+    """The per-user data folder: $LIVEV2V_DATA_DIR, else the platform's usual place
+    (~/.local/share/livev2v, ~/Library/Application Support/livev2v, %LOCALAPPDATA%\\livev2v)."""
+    if os.environ.get("LIVEV2V_DATA_DIR"):
+        return Path(os.environ["LIVEV2V_DATA_DIR"])
+    home = Path.home()
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "livev2v"
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "livev2v"
+    return Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "livev2v"

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,8 +64,11 @@ class Server:
 
 @contextlib.contextmanager
 def serve_in_thread(**settings: Any) -> Iterator[Server]:
-    """The real app on a real uvicorn server, in this process (so tests can look inside)."""
-    background = serve_in_background(**{"host": "127.0.0.1", "port": free_port(), **settings})
+    """The real app on a real uvicorn server, in this process (so tests can look inside).
+    Its per-user data folder is a fresh temporary one (never the real home's)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="livev2v-data-"))
+    background = serve_in_background(**{"host": "127.0.0.1", "port": free_port(),
+                                        "data_dir": data_dir, **settings})
     url = background.url.replace("localhost", "127.0.0.1")
     try:
         wait_until_loaded(url, done=("loaded", "error") if settings.get("pipeline") else
@@ -71,6 +76,7 @@ def serve_in_thread(**settings: Any) -> Iterator[Server]:
         yield Server(url=url, app=background.app)
     finally:
         background.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

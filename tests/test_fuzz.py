@@ -77,7 +77,9 @@ def server() -> Iterator[Server]:
 @FUZZ
 @given(body=json_values, route=st.sampled_from([
     ("POST", "/api/v1/webrtc/offer"), ("PATCH", "/api/v1/webrtc/offer/x"),
-    ("POST", "/api/v1/pipeline/load"), ("POST", "/api/v1/session/parameters")]))
+    ("POST", "/api/v1/pipeline/load"), ("POST", "/api/v1/session/parameters"),
+    ("PUT", "/api/v1/onboarding/status"), ("POST", "/api/v1/workflow/resolve"),
+    ("POST", "/api/v1/osc/inventory")]))
 def test_any_json_body_gets_a_4xx_json_error_or_success(server: Server, body: object,
                                                         route: tuple[str, str]) -> None:
     method, path = route
@@ -98,6 +100,8 @@ def test_the_api_conforms_to_its_own_openapi_schema(server: Server) -> None:
         operation = result.ok()
         if operation.path == "/api/v1/pipeline/load":
             continue  # loads change the server under the other cases; covered by test_api.py
+        if operation.path == "/api/v1/osc/stream":
+            continue  # an endless event stream; test_scope_app.py covers it
 
         @given(case=operation.as_strategy())
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -107,4 +111,4 @@ def test_the_api_conforms_to_its_own_openapi_schema(server: Server) -> None:
 
         check()
         checked += 1
-    assert checked >= 7
+    assert checked >= 20

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from pipeline import FrameRequest, InputFrame, LoadParams, Pipeline, PipelineService
 from pipeline.registry import register
 from signaling.client import NumberedFrames
+from signaling.logbuffer import LogBuffer
 from tests.conftest import Server, serve_in_thread
 from tests.pipelines import RecordingSink
 
@@ -349,3 +351,202 @@ def test_session_parameters_without_sessions(http: httpx.Client) -> None:
     assert http.get("/api/v1/session/parameters").json() == {"parameters": {}}
     r = http.post("/api/v1/session/parameters", json={"noise_scale": 0.5})
     assert r.json()["sessions"] == 0
+
+
+# --- the calls Scope's app makes at page load ---------------------------------------------------
+
+
+def test_every_page_load_call_answers_in_scopes_shape(http: httpx.Client) -> None:
+    """The 'page load' table of docs/scope-app.md, each checked against what the app reads."""
+    health = http.get("/health").json()
+    assert health["status"] == "healthy" and isinstance(health["server_start_time"], float)
+    assert http.get("/api/v1/pipelines/schemas").json()["pipelines"]
+    status = http.get("/api/v1/pipeline/status").json()
+    assert status["status"] in ("not_loaded", "loading", "loaded", "error")
+    assert {"pipeline_id", "load_params", "error", "loading_stage", "produces_video",
+            "produces_audio"} <= status.keys()
+    hw = http.get("/api/v1/hardware/info").json()
+    assert hw["vram_gb"] is None or hw["vram_gb"] > 0  # picks Scope's quantization default
+    assert (hw["spout_available"], hw["ndi_available"], hw["syphon_available"]) == (
+        False, False, False)
+    assert hw["cpu_count"] >= 1 and (hw["ram_gb"] is None or hw["ram_gb"] > 0)
+    assert hw["cuda_available"] == bool(hw["gpus"]) == (hw["gpu_name"] is not None)
+    assert http.get("/api/v1/input-sources").json() == {"input_sources": []}
+    assert http.get("/api/v1/loras").json() == {"lora_files": []}
+    assert http.get("/api/v1/plugins").json() == {"plugins": [], "total": 0,
+                                                  "failed_plugins": []}
+    assert http.get("/api/v1/nodes/definitions").json() == {"nodes": []}
+    onboarding = http.get("/api/v1/onboarding/status").json()
+    assert onboarding["completed"] in (True, False) and "inference_mode" in onboarding
+    cloud = http.get("/api/v1/cloud/status").json()
+    assert (cloud["connected"], cloud["connecting"], cloud["error"]) == (False, False, None)
+    logs = http.get("/api/v1/logs/tail", params={"lines": 200, "since_offset": 0}).json()
+    assert isinstance(logs["lines"], list) and isinstance(logs["offset"], int)
+    tempo = http.get("/api/v1/tempo/status").json()
+    assert (tempo["enabled"], tempo["beats_per_bar"], tempo["beat_state"]) == (False, 4, None)
+    assert http.get("/api/v1/tempo/sources").json() == {"sources": {}}
+    dmx = http.get("/api/v1/dmx/status").json()
+    assert dmx["enabled"] is False and dmx["listening"] is False
+    assert http.get("/api/v1/osc/status").json()["listening"] is False
+    r = http.post("/api/v1/osc/inventory", json={"paths": [
+        {"osc_address": "/scope/noise_scale", "type": "float", "min": 0, "max": 1}]})
+    assert r.json() == {"count": 1}
+    with http.stream("GET", "/api/v1/osc/stream") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        first = next(stream.iter_lines())
+        assert first.startswith(":")  # a comment: no OSC events, ever
+
+
+def test_the_osc_stream_ends_cleanly_when_the_server_stops() -> None:
+    outcome: dict[str, Any] = {}
+    opened = threading.Event()
+
+    def read(url: str) -> None:
+        try:
+            with httpx.stream("GET", f"{url}/api/v1/osc/stream", timeout=30) as stream:
+                for _ in stream.iter_lines():
+                    opened.set()
+            outcome["ended"] = "cleanly"
+        except httpx.HTTPError as exc:  # cut off by the graceful-shutdown timeout
+            outcome["ended"] = repr(exc)
+
+    with serve_in_thread(pipeline=None) as srv:
+        reader = threading.Thread(target=read, args=(srv.url,), daemon=True)
+        reader.start()
+        assert opened.wait(20)
+    reader.join(30)
+    assert outcome.get("ended") == "cleanly"
+
+
+# --- onboarding ----------------------------------------------------------------------------------
+
+
+def test_onboarding_status_persists_across_restarts(tmp_path: Any) -> None:
+    with serve_in_thread(pipeline=None, data_dir=tmp_path) as srv:
+        url = f"{srv.url}/api/v1/onboarding/status"
+        assert httpx.get(url).json() == {"completed": False, "inference_mode": None,
+                                         "onboarding_style": None, "referral_source": None,
+                                         "use_case": None}
+        # Scope's app sends one or two keys at a time; the others stay.
+        assert httpx.put(url, json={"inference_mode": "local"}).status_code == 200
+        assert httpx.put(url, json={"completed": True}).json()["inference_mode"] == "local"
+        for bad in ({"completed": "yes"}, {"inference_mode": "mars"}, {"use_case": "x" * 201},
+                    [1, 2], "text"):
+            r = httpx.put(url, json=bad)
+            assert r.status_code == 422 and "detail" in r.json(), bad
+    assert json.loads((tmp_path / "onboarding.json").read_text())["completed"] is True
+    with serve_in_thread(pipeline=None, data_dir=tmp_path) as srv:
+        status = httpx.get(f"{srv.url}/api/v1/onboarding/status").json()
+        assert (status["completed"], status["inference_mode"]) == (True, "local")
+
+
+# --- workflow/resolve ----------------------------------------------------------------------------
+
+
+def scope_workflow(pipelines: list[dict[str, Any]], nodes: list[dict[str, Any]] | None = None,
+                   name: str = "test") -> dict[str, Any]:
+    """A workflow as Scope's app posts it (its starter workflows' format)."""
+    return {"format": "scope-workflow", "format_version": "1.0",
+            "metadata": {"name": name, "created_at": "2026-03-20T22:12:35.393Z",
+                         "scope_version": "0.1.8"},
+            "pipelines": pipelines, "prompts": [{"text": "a cat", "weight": 1}],
+            "graph": {"nodes": nodes or [], "edges": []}}
+
+
+def builtin(pipeline_id: str, **extra: Any) -> dict[str, Any]:
+    return {"pipeline_id": pipeline_id, "pipeline_version": "1.0.0",
+            "source": {"type": "builtin"}, "loras": [], "params": {}, **extra}
+
+
+def test_the_camera_preview_starter_resolves(http: httpx.Client) -> None:
+    workflow = scope_workflow([builtin("passthrough")], name="Camera Preview", nodes=[
+        {"id": "input", "type": "source", "source_mode": "camera", "x": 0, "y": 0},
+        {"id": "passthrough", "type": "pipeline", "pipeline_id": "passthrough"},
+        {"id": "output", "type": "sink"}])
+    plan = http.post("/api/v1/workflow/resolve", json=workflow).json()
+    assert plan == {"can_apply": True, "warnings": [], "items": [
+        {"kind": "pipeline", "name": "passthrough", "status": "ok", "detail": None,
+         "action": None, "can_auto_resolve": False}]}
+
+
+def test_resolve_reports_what_this_server_lacks(http: httpx.Client) -> None:
+    lora = {"id": "lora-0", "filename": "dissolve.safetensors", "weight": 1.5,
+            "merge_mode": "permanent_merge", "provenance": {"source": "civitai",
+                                                            "version_id": "2680702"}}
+    workflow = scope_workflow(
+        [builtin("longlive-x", loras=[lora], params={"height": 512}),
+         {**builtin("yolo_mask"), "source": {"type": "git", "plugin_name": "scope-yolo-mask"}},
+         builtin("cpu-effect", params={"height": 10**9})],
+        nodes=[{"id": "n", "type": "node", "node_type_id": "llm"},
+               {"id": "o", "type": "output"}, {"id": "w", "type": "weird"}])
+    plan = http.post("/api/v1/workflow/resolve", json=workflow).json()
+    items = {(i["kind"], i["name"]): i for i in plan["items"]}
+    assert plan["can_apply"] is False
+    assert items[("pipeline", "longlive-x")]["status"] == "missing"
+    assert "cpu-effect" in items[("pipeline", "longlive-x")]["detail"]  # says what we have
+    assert items[("plugin", "scope-yolo-mask")]["status"] == "missing"
+    assert items[("lora", "dissolve.safetensors")]["status"] == "missing"
+    assert items[("pipeline", "cpu-effect")]["status"] == "ok"
+    text = " ".join(plan["warnings"])
+    for expected in ("plugin node", "Spout", "'weird'", "one pipeline per stream", "height"):
+        assert expected in text, (expected, plan["warnings"])
+    # A LoRA alone does not block: the pipeline runs without it.
+    plan = http.post("/api/v1/workflow/resolve",
+                     json=scope_workflow([builtin("cpu-effect", loras=[lora])])).json()
+    assert plan["can_apply"] is True and plan["items"][1]["status"] == "missing"
+
+
+@pytest.mark.parametrize("body", [[], "x", {"pipelines": "x"}, {"pipelines": [{}]},
+                                  {"pipelines": [{"pipeline_id": "p" * 301}]},
+                                  {"pipelines": [builtin("p")] * 65},
+                                  {"graph": {"nodes": [{"id": "a"}]}}])
+def test_resolve_bad_input_is_a_422(http: httpx.Client, body: Any) -> None:
+    r = http.post("/api/v1/workflow/resolve", json=body)
+    assert r.status_code == 422 and "detail" in r.json()
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+
+def test_logs_tail_follows_the_server_log_without_secrets() -> None:
+    key = "sekret-key-123456"
+    with serve_in_thread(pipeline=None, api_key=key) as srv:
+        auth = {"Authorization": f"Bearer {key}"}
+        start = httpx.get(f"{srv.url}/api/v1/logs/tail", headers=auth).json()["offset"]
+        logger = logging.getLogger("signaling.test")
+        logger.warning("a client sent %s and hf_abcdefghijklmnopqrstuvwx", key)
+        logger.error("Authorization: Bearer abc.def-ghi token=xyz123")
+        body = httpx.get(f"{srv.url}/api/v1/logs/tail", headers=auth,
+                         params={"lines": 200, "since_offset": start}).json()
+        ours = [line for line in body["lines"] if "signaling.test" in line]
+        assert len(ours) == 2 and " - WARNING - " in ours[0] and " - ERROR - " in ours[1]
+        text = "\n".join(ours)
+        for secret in (key, "hf_abcdefghijklmnopqrstuvwx", "abc.def-ghi", "xyz123"):
+            assert secret not in text
+        assert "***" in ours[0]
+        # Only newer lines next time; a bounded number at once.
+        again = httpx.get(f"{srv.url}/api/v1/logs/tail", headers=auth,
+                          params={"since_offset": body["offset"]}).json()
+        assert not [line for line in again["lines"] if "signaling.test" in line]
+        assert len(httpx.get(f"{srv.url}/api/v1/logs/tail", headers=auth,
+                             params={"lines": 1}).json()["lines"]) <= 1
+        current = httpx.get(f"{srv.url}/api/v1/logs/current", headers=auth)
+        assert current.headers["content-type"].startswith("text/plain")
+        assert "signaling.test" in current.text and key not in current.text
+        for params in ({"lines": 0}, {"lines": 10**6}, {"since_offset": -1},
+                       {"lines": "many"}):
+            r = httpx.get(f"{srv.url}/api/v1/logs/tail", headers=auth, params=params)
+            assert r.status_code == 422, params
+        assert httpx.get(f"{srv.url}/api/v1/logs/tail").status_code == 401
+
+
+def test_a_log_offset_from_before_a_restart_starts_over() -> None:
+    buffer = LogBuffer(max_lines=3)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "line %d", (0,), None)
+    for i in range(5):
+        record.args = (i,)
+        buffer.handle(record)
+    lines, offset = buffer.tail(10, 0)
+    assert offset == 5 and [line[-6:] for line in lines] == ["line 2", "line 3", "line 4"]
+    assert buffer.tail(10, 4)[0][-1].endswith("line 4") and len(buffer.tail(10, 4)[0]) == 1
+    assert len(buffer.tail(10, 999)[0]) == 3  # a stale offset (server restarted): all kept

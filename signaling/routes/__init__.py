@@ -9,7 +9,18 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from ..auth import api_key_guard
-from . import health, models, pipeline, session, webrtc
+from . import (
+    hardware,
+    health,
+    logs,
+    models,
+    not_here,
+    onboarding,
+    pipeline,
+    session,
+    webrtc,
+    workflow,
+)
 from .context import ApiContext
 
 __all__ = ["API_MODULES", "ApiContext", "build_router"]
@@ -20,6 +31,11 @@ API_MODULES = [  # one per line: several people add modules here
     pipeline,
     session,
     models,
+    onboarding,
+    workflow,
+    hardware,
+    logs,
+    not_here,
 ]
 
 

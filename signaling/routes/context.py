@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
 from pipeline import PipelineService
 
-from ..config import ServerSettings
+from ..config import ServerSettings, default_data_dir
 from ..ice import IceServerProvider
+from ..logbuffer import LogBuffer
+from ..onboarding import OnboardingStore
 from ..sessions import SessionRegistry
 
 RETRY_AFTER_S = "2"
@@ -22,3 +25,11 @@ class ApiContext:
     settings: ServerSettings
     version: str
     started: float = field(default_factory=time.time)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    """Set when the server starts shutting down: long-lived responses (event streams) end."""
+    logs: LogBuffer = field(init=False)
+    onboarding: OnboardingStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.logs = LogBuffer(secrets=[self.settings.api_key])
+        self.onboarding = OnboardingStore(self.settings.data_dir or default_data_dir())
