@@ -10,6 +10,7 @@ cache discipline, the RoPE frame offsets and the per-frame timesteps at once.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -416,3 +417,51 @@ def test_adjacent_sinks_sit_just_before_the_window(tmp_path: Path) -> None:
         hidden_states=clip, timestep=torch.zeros(1), encoder_hidden_states=text,
     )
     torch.testing.assert_close(near, expected[:, :, 3:], atol=ATOL, rtol=1e-4)
+
+
+# --- CUDA (run by benchmarks/gpu_check.sh; skipped here) ----------------------------------------
+
+CUDA_CONFIG = {**CONFIG, "num_attention_heads": 2, "attention_head_dim": 64, "ffn_dim": 256}
+
+
+def _kernels(half: bool, kv_bias: float):
+    """Half precision: the flash kernel only without a bias, the memory-efficient one only with
+    it (each raises if it cannot take the call); float32: any kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not half:
+        return contextlib.nullcontext()
+    if kv_bias == 1.0:
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_streaming_matches_cpu(tmp_path: Path, dtype: torch.dtype) -> None:
+    """On CUDA the chunked stream (window with sinks, adjacent sink positions, kv bias on the
+    denoising passes) matches the CPU float32 stream that the masked-pass tests pin down, with
+    half precision forced onto the flash / memory-efficient kernels."""
+    device = torch.device("cuda")
+    torch.manual_seed(5)
+    WanTransformer3DModel(**CUDA_CONFIG).save_pretrained(tmp_path)
+    options = {"local_attn_size": 4, "sink_size": 1, "sink_positions": "adjacent"}
+    cpu = CausalWanTransformer(WanTransformer3DModel.from_pretrained(tmp_path), **options)
+    gpu = CausalWanTransformer(
+        WanTransformer3DModel.from_pretrained(tmp_path, torch_dtype=dtype).to(device), **options
+    )
+    caches = cpu.new_cache(), gpu.new_cache()
+    assert gpu.device.type == caches[1].device.type == device.type
+    text, latents = _text(2), _latents(8, 1)
+    half = dtype != torch.float32
+    tolerance = {"atol": 0.1, "rtol": 0.1} if half else {"atol": 1e-4, "rtol": 1e-3}
+    for start in range(0, 8, 2):
+        chunk = latents[:, :, start:start + 2]
+        for t, commit, bias in ((800.0, False, 0.5), (0.0, True, 1.0)):
+            want = cpu(chunk, torch.tensor([t]), text, caches[0], commit=commit, kv_bias=bias)
+            with _kernels(half, bias):
+                got = gpu(chunk.to(device, dtype), torch.tensor([t], device=device),
+                          text.to(device, dtype), caches[1], commit=commit, kv_bias=bias)
+            assert got.device.type == device.type and got.dtype == dtype
+            torch.testing.assert_close(got.float().cpu(), want, **tolerance)
