@@ -130,9 +130,10 @@ def make_batch(pipeline: StreamDiffusionPipeline, sessions: int, steps: int, mod
             "prompts": [{"text": f"a painting, session {s}", "weight": 1.0}]})
         params = ParameterState(update).snapshot(pipeline.mode_defaults()[session_mode])
         frame = frames[s] if session_mode == "video" else None
-        batch.append(FrameRequest(frame=frame, size=frame.shape[:2] if frame is not None else
-                                  (pipeline.params.height, pipeline.params.width),
-                                  params=params, state=states[s], index=index))
+        size = frame.shape[:2] if frame is not None else (pipeline.params.height,
+                                                          pipeline.params.width)
+        batch.append(FrameRequest.of_frame(frame, size=size, params=params, state=states[s],
+                                           index=index))
     return batch
 
 

@@ -50,10 +50,12 @@ class LoadParams(BaseModel):
 
 @dataclass
 class FrameRequest:
-    """One session's frame in a batch handed to `Pipeline.process`."""
+    """One session's work in a batch handed to `Pipeline.process`: a chunk of input frames (an
+    image pipeline's chunk is one frame) or, in text mode, none."""
 
-    frame: np.ndarray | None
-    """Input image, H×W×3 uint8 RGB; None in text mode (generate from the prompt alone)."""
+    frames: np.ndarray | None
+    """Input video, T×H×W×3 uint8 RGB, oldest first (T = `frames_per_call`); None in text mode
+    (generate from the prompt alone)."""
     size: tuple[int, int]
     """(height, width) the output should have when the pipeline has no fixed size."""
     params: FrameParams
@@ -62,14 +64,29 @@ class FrameRequest:
     index: int
     """Frames produced so far for this session (drives motion in text mode)."""
 
+    @classmethod
+    def of_frame(cls, frame: np.ndarray | None, *, size: tuple[int, int], params: FrameParams,
+                 state: Any, index: int = 0) -> FrameRequest:
+        """A one-frame request (None: text mode), as image pipelines see them."""
+        return cls(frames=None if frame is None else frame[None], size=size, params=params,
+                   state=state, index=index)
+
+    @property
+    def frame(self) -> np.ndarray | None:
+        """The newest input frame (H×W×3): all an image pipeline needs."""
+        return None if self.frames is None else self.frames[-1]
+
     @property
     def mode(self) -> Mode:
-        return "text" if self.frame is None else "video"
+        return "text" if self.frames is None else "video"
 
 
 class Pipeline(ABC):
     """A frame pipeline. One instance is shared by all sessions; the service calls every method
-    from its own threads, never from the event loop, and never `process` concurrently."""
+    from its own threads, never from the event loop, and never `process` concurrently.
+
+    Chunk-aware: a video model consumes `frames_per_call` input frames per call and returns as
+    many output frames; an image pipeline is the case of one frame per call."""
 
     id: ClassVar[str]
     name: ClassVar[str]
@@ -123,14 +140,23 @@ class Pipeline(ABC):
         """Per-session state, created on first use and on `reset_cache`."""
         return None
 
+    def frames_per_call(self, state: Any) -> int:
+        """Input frames the next video-mode call for a session consumes. `state` is the
+        session's state, or None before its first call (and right after `reset_cache`), so a
+        video model can ask for one more frame on a stream's first chunk."""
+        return 1
+
     def batch_key(self, request: FrameRequest) -> Hashable:
         """Requests with equal keys may share one `process` call."""
-        shape = request.size if request.frame is None else request.frame.shape
+        shape = request.size if request.frames is None else request.frames.shape
         return (request.mode, tuple(shape), len(request.params.denoising_step_list))
 
     @abstractmethod
     def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
-        """Produce one H×W×3 uint8 RGB image per request, in order."""
+        """Per request, in order: an H×W×3 uint8 RGB image (one frame) or a T×H×W×3 chunk
+        (T ≥ 1, display order). In video mode a chunk normally has as many frames as it consumed:
+        each output frame then keeps its input frame's timestamp. Text mode returns any T; the
+        service paces it at its text frame rate."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free memory (GPU) before another pipeline is loaded."""

@@ -1,8 +1,10 @@
-"""Frames crossing between the transport and the pipeline service, and the latest-frame slot."""
+"""Frames crossing between the transport and the pipeline service, and each session's window of
+latest input frames."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -38,24 +40,50 @@ class OutputFrame:
 T = TypeVar("T")
 
 
-class LatestSlot(Generic[T]):
-    """Holds at most one item: a newer item replaces an unconsumed one (latest wins)."""
+class FrameWindow(Generic[T]):
+    """A session's most recent input frames, at most `capacity` of them (the frames one pipeline
+    call consumes). A newer frame pushes out the oldest one never taken: latest wins, and the
+    pushed-out frame is a drop. An image pipeline is the case capacity = 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 1) -> None:
         self._lock = threading.Lock()
-        self._item: T | None = None
+        self._items: deque[T] = deque()
+        self._capacity = capacity
 
-    def put(self, item: T) -> bool:
-        """Store `item`; True when it replaced one that was never taken (a drop)."""
+    def set_capacity(self, capacity: int) -> int:
+        """Resize (the worker does, from the pipeline's `frames_per_call`); returns the number
+        of frames dropped to fit."""
         with self._lock:
-            replaced = self._item is not None
-            self._item = item
-            return replaced
+            self._capacity = max(1, capacity)
+            return self._trim()
 
-    def take(self) -> T | None:
+    def put(self, item: T) -> int:
+        """Store `item`; returns how many older frames it pushed out (0 or 1): drops."""
         with self._lock:
-            item, self._item = self._item, None
-            return item
+            self._items.append(item)
+            return self._trim()
 
-    def ready(self) -> bool:
-        return self._item is not None
+    def take(self) -> list[T] | None:
+        """All frames of a full window, oldest first, emptying it; None until it is full."""
+        with self._lock:
+            if len(self._items) < self._capacity:
+                return None
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+    def clear(self) -> int:
+        with self._lock:
+            dropped = len(self._items)
+            self._items.clear()
+            return dropped
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _trim(self) -> int:
+        dropped = 0
+        while len(self._items) > self._capacity:
+            self._items.popleft()
+            dropped += 1
+        return dropped

@@ -181,6 +181,11 @@ class ParameterState:
         return self._values.get("input_mode")
 
     @property
+    def reset_pending(self) -> bool:
+        """A `reset_cache` is waiting for the next frame."""
+        return self._reset_pending
+
+    @property
     def paused(self) -> bool:
         return bool(self._values.get("paused", False))
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from . import registry
 from .base import FrameRequest, LoadParams, Pipeline, PipelineError
 from .errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
-from .frames import InputFrame
+from .frames import InputFrame, OutputFrame
 from .params import Mode, ParameterUpdate
 from .paths import LocalPathPolicy
 from .stream import Stream, StreamSink
@@ -44,7 +44,9 @@ class PipelineStatus(BaseModel):
 class _Work:
     stream: Stream
     mode: Mode
-    source: InputFrame | None
+    sources: list[InputFrame] | None
+    """The chunk of input frames, oldest first; None in text mode."""
+    collected: float
 
 
 class PipelineService:
@@ -57,6 +59,7 @@ class PipelineService:
         self._run_lock = threading.Lock()  # held while a pipeline processes or is swapped
         self._streams: list[Stream] = []
         self._pipeline: Pipeline | None = None
+        self._first_chunk = 1  # frames the loaded pipeline takes on a session's first call
         self._status: Status = "not_loaded"
         self._pipeline_id: str | None = None
         self._load_params: LoadParams | None = None
@@ -170,6 +173,7 @@ class PipelineService:
                 pipeline.close()
                 return
             self._pipeline = pipeline
+            self._first_chunk = pipeline.frames_per_call(None)
             self._status, self._stage, self._progress = "loaded", None, 1.0
             # Receive-only sessions cannot continue on a pipeline without a text mode.
             stranded = [s for s in self._streams if not s.offers_video and "text" not in cls.modes]
@@ -202,6 +206,11 @@ class PipelineService:
         """The class of the pipeline loaded or loading, if any."""
         return registry.get(self._pipeline_id) if self._pipeline_id else None
 
+    @property
+    def first_chunk_frames(self) -> int:
+        """Input frames the loaded pipeline takes on a session's first call (or after a reset)."""
+        return self._first_chunk
+
     def defaults_for(self, mode: Mode) -> ParameterUpdate:
         cls = self.pipeline_class
         defaults = cls.mode_defaults() if cls else {}
@@ -229,6 +238,7 @@ class PipelineService:
                     f"Pipeline {self._pipeline_id!r} needs input video (it has no text mode); "
                     "send a video track.")
             stream = Stream(self, sink, offers_video=offers_video, initial=initial)
+            stream.window.set_capacity(self._first_chunk)
             self._streams.append(stream)
             self._cond.notify_all()
             return stream
@@ -274,7 +284,7 @@ class PipelineService:
             now = time.monotonic()
             timeout = self._idle_wait
             if self._status == "loaded" and self._pipeline is not None:
-                work, next_due = self._collect(type(self._pipeline).modes, now)
+                work, next_due = self._collect(self._pipeline, now)
                 if work:
                     return work, self._pipeline
                 if next_due is not None:
@@ -282,20 +292,23 @@ class PipelineService:
             self._cond.wait(timeout)
         return [], None
 
-    def _collect(self, modes: tuple[Mode, ...], now: float) -> tuple[list[_Work], float | None]:
+    def _collect(self, pipeline: Pipeline, now: float) -> tuple[list[_Work], float | None]:
+        modes = type(pipeline).modes
         work: list[_Work] = []
         next_due: float | None = None
         for stream in self._streams:
             mode = stream.resolve_mode(modes, now)
             if mode == "video":
-                source = stream.slot.take()
-                if source is not None:
-                    work.append(_Work(stream, mode, source))
+                fresh = stream.state_owner is not pipeline or stream.params.reset_pending
+                stream.stats.dropped(stream.window.set_capacity(
+                    pipeline.frames_per_call(None if fresh else stream.state)))
+                sources = stream.window.take()
+                if sources is not None:
+                    work.append(_Work(stream, mode, sources, now))
             elif mode == "text":
-                stream.slot.take()  # input is not used in text mode
+                stream.window.clear()  # input is not used in text mode
                 if now >= stream.next_due:
-                    stream.next_due = max(stream.next_due + 1.0 / self.text_fps, now)
-                    work.append(_Work(stream, mode, None))
+                    work.append(_Work(stream, mode, None, now))
                 next_due = stream.next_due if next_due is None else min(next_due, stream.next_due)
         return work, next_due
 
@@ -321,19 +334,19 @@ class PipelineService:
         params = stream.params.snapshot(self.defaults_for(item.mode))
         if stream.state_owner is not pipeline or params.reset_cache:
             stream.state, stream.state_owner = pipeline.new_state(), pipeline
-        frame = None if item.source is None else item.source.decode()
-        size = (pipeline.params.height, pipeline.params.width) if frame is None else frame.shape[:2]
-        return FrameRequest(frame=frame, size=(int(size[0]), int(size[1])), params=params,
+        frames = None if item.sources is None else np.stack([s.decode() for s in item.sources])
+        size = frames.shape[1:3] if frames is not None else (pipeline.params.height,
+                                                             pipeline.params.width)
+        return FrameRequest(frames=frames, size=(int(size[0]), int(size[1])), params=params,
                             state=stream.state, index=stream.produced)
 
     def _run_batch(self, pipeline: Pipeline, batch: list[tuple[_Work, FrameRequest]]) -> None:
         started = time.perf_counter()
         try:
-            images = pipeline.process([request for _, request in batch])
-            if len(images) != len(batch):
-                raise PipelineError(f"returned {len(images)} frames for {len(batch)} inputs")
-            for image in images:
-                _check_image(image)
+            outputs = pipeline.process([request for _, request in batch])
+            if len(outputs) != len(batch):
+                raise PipelineError(f"returned {len(outputs)} outputs for {len(batch)} requests")
+            chunks = [_as_chunk(output) for output in outputs]
         except Exception as exc:
             log.exception("pipeline %s failed on a batch of %d", pipeline.id, len(batch))
             detail = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
@@ -341,22 +354,29 @@ class PipelineService:
             return
         elapsed = time.perf_counter() - started
         now = time.monotonic()
-        for (item, _), image in zip(batch, images, strict=True):
+        for (item, _), chunk in zip(batch, chunks, strict=True):
             stream = item.stream
-            out = stream.stamp(image, item.source, now)
-            stream.produced += 1
-            stream.last_output = out
-            latency = None if item.source is None else now - item.source.arrived
-            stream.stats.produced(latency, elapsed)
+            frames = stream.stamp(chunk, item.sources, now)
+            stream.produced += len(frames)
+            stream.last_output = frames[-1]
+            stream.stats.dropped(stream.window.set_capacity(pipeline.frames_per_call(stream.state)))
+            if item.sources is None:  # text mode: the next call is due when this chunk has played
+                stream.next_due = max(stream.next_due + len(frames) / self.text_fps,
+                                      item.collected)
+            stream.stats.produced(_latencies(frames, now, item.sources is not None), elapsed,
+                                  chunk_wait_s=_chunk_wait(item.sources))
             if not stream.closed:
-                stream.sink.on_frame(out)
+                stream.sink.on_frames(frames)
 
     def _repeat_last(self, item: _Work) -> None:
         """Paused: the output repeats the last frame, at the input's pace."""
         stream = item.stream
+        count = 1 if item.sources is None else len(item.sources)
+        if item.sources is None:
+            stream.next_due = max(stream.next_due + count / self.text_fps, item.collected)
         if stream.last_output is not None and not stream.closed:
-            stream.sink.on_frame(stream.stamp(stream.last_output.image, item.source,
-                                              time.monotonic()))
+            stream.sink.on_frames(stream.stamp([stream.last_output.image] * count, item.sources,
+                                               time.monotonic()))
 
     def _fail(self, streams: list[Stream], message: str) -> None:
         for stream in streams:
@@ -364,7 +384,26 @@ class PipelineService:
             stream.sink.on_stopped(message)
 
 
-def _check_image(image: object) -> None:
-    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
-            and image.shape[2] == 3):
-        raise PipelineError("a pipeline must return H×W×3 uint8 RGB images")
+def _as_chunk(output: object) -> list[np.ndarray]:
+    """A pipeline's output for one request as a list of H×W×3 uint8 RGB frames."""
+    if isinstance(output, np.ndarray) and output.dtype == np.uint8 and output.shape[-1:] == (3,):
+        if output.ndim == 3:
+            return [output]
+        if output.ndim == 4 and output.shape[0] >= 1:
+            return list(output)
+    raise PipelineError("a pipeline must return an H×W×3 image or a T×H×W×3 chunk, uint8 RGB")
+
+
+def _latencies(frames: list[OutputFrame], now: float, video: bool) -> list[float | None]:
+    """Each frame's latency from its input's arrival to when the paced output releases it (a
+    chunk's later frames leave later, at the input's frame spacing)."""
+    first = frames[0]
+    return [None if not video or f.source_arrived is None else
+            now + float((f.pts - first.pts) * f.time_base) - f.source_arrived for f in frames]
+
+
+def _chunk_wait(sources: list[InputFrame] | None) -> float | None:
+    """How long the chunk's first frame waited for the rest of the chunk."""
+    if not sources or len(sources) < 2:
+        return None
+    return sources[-1].arrived - sources[0].arrived

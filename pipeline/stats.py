@@ -38,20 +38,35 @@ class StreamStats:
         self._out = RateMeter()
         self._latency_ms: float | None = None
         self._process_ms: float | None = None
+        self._chunk_wait_ms: float | None = None
+        self._chunk_frames = 1
 
-    def received(self, dropped: bool) -> None:
+    def received(self, dropped: int) -> None:
         with self._lock:
             self.frames_in += 1
-            self.frames_dropped += int(dropped)
+            self.frames_dropped += dropped
             self._in.tick(time.monotonic())
 
-    def produced(self, latency_s: float | None, process_s: float) -> None:
+    def dropped(self, count: int) -> None:
+        if count:
+            with self._lock:
+                self.frames_dropped += count
+
+    def produced(self, latencies_s: list[float | None], process_s: float,
+                 chunk_wait_s: float | None = None) -> None:
+        """One call's output: each frame's latency from its input's arrival (None when it had
+        none), the call's processing time, and how long the chunk waited for its frames."""
+        now = time.monotonic()
         with self._lock:
-            self.frames_out += 1
-            self._out.tick(time.monotonic())
+            self.frames_out += len(latencies_s)
+            for latency in latencies_s:
+                self._out.tick(now)
+                if latency is not None:
+                    self._latency_ms = _ema(self._latency_ms, latency * 1000.0)
             self._process_ms = _ema(self._process_ms, process_s * 1000.0)
-            if latency_s is not None:
-                self._latency_ms = _ema(self._latency_ms, latency_s * 1000.0)
+            self._chunk_frames = len(latencies_s)
+            if chunk_wait_s is not None:
+                self._chunk_wait_ms = _ema(self._chunk_wait_ms, chunk_wait_s * 1000.0)
 
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -64,6 +79,8 @@ class StreamStats:
                 "frames_dropped": self.frames_dropped,
                 "pipeline_latency_ms": _round(self._latency_ms),
                 "process_ms": _round(self._process_ms),
+                "chunk_frames": self._chunk_frames,
+                "chunk_wait_ms": _round(self._chunk_wait_ms),
             }
 
 

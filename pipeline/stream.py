@@ -1,14 +1,15 @@
-"""A session's handle on the pipeline service: its latest-frame slot, parameters and state."""
+"""A session's handle on the pipeline service: its window of latest frames, parameters, state."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .base import Pipeline
 from .errors import UnsupportedModeError
-from .frames import CLOCK_RATE, CLOCK_TIME_BASE, InputFrame, LatestSlot, OutputFrame
+from .frames import CLOCK_RATE, CLOCK_TIME_BASE, FrameWindow, InputFrame, OutputFrame
 from .params import Mode, ParameterState, ParameterUpdate
 from .stats import StreamStats
 
@@ -24,7 +25,11 @@ class StreamSink(Protocol):
     """Where a stream's results go. Called on the worker thread: implementations hand over to
     their own event loop (e.g. `loop.call_soon_threadsafe`) and never block."""
 
-    def on_frame(self, frame: OutputFrame) -> None: ...
+    def on_frames(self, frames: Sequence[OutputFrame]) -> None:
+        """One call's output, in display order: a chunk to be paced at its timestamps (one
+        frame for an image pipeline)."""
+        ...
+
     def on_stopped(self, message: str) -> None: ...
 
 
@@ -38,7 +43,7 @@ class Stream:
         self.sink = sink
         self.offers_video = offers_video
         self.params = ParameterState(initial)
-        self.slot: LatestSlot[InputFrame] = LatestSlot()
+        self.window: FrameWindow[InputFrame] = FrameWindow()
         self.stats = StreamStats()
         self.opened = time.monotonic()
         self.closed = False
@@ -54,9 +59,10 @@ class Stream:
     # --- called from the transport (event loop) ---------------------------------------------
 
     def push(self, frame: InputFrame) -> None:
-        """Hand over a received frame; replaces an unprocessed one (counted as a drop)."""
+        """Hand over a received frame; it pushes out the oldest unprocessed one when the window
+        is full (counted as a drop)."""
         self._seen_input = True
-        self.stats.received(dropped=self.slot.put(frame))
+        self.stats.received(dropped=self.window.put(frame))
         self.service.wake()
 
     def update(self, update: ParameterUpdate) -> None:
@@ -66,6 +72,8 @@ class Stream:
         if update.input_mode is not None and cls is not None and update.input_mode not in cls.modes:
             raise UnsupportedModeError(f"Pipeline {cls.id!r} has no {update.input_mode!r} mode "
                                        f"(supported: {', '.join(cls.modes)}).")
+        if update.reset_cache:  # the next call is a first call again: make room for its chunk
+            self.stats.dropped(self.window.set_capacity(self.service.first_chunk_frames))
         self.params.apply(update)
         self.service.wake()
 
@@ -92,13 +100,20 @@ class Stream:
             return "text"
         return "text" if "text" in modes else None
 
-    def stamp(self, image: Any, source: InputFrame | None, now: float) -> OutputFrame:
-        """Give an output image its timestamp: the input's in video mode, else a steady clock."""
-        if source is not None and source.pts is not None and source.time_base is not None:
-            pts, time_base = source.pts, source.time_base
-        else:
-            pts = max(int((now - self.opened) * CLOCK_RATE), self._last_pts + 1)
-            time_base = CLOCK_TIME_BASE
-            self._last_pts = pts
-        return OutputFrame(image=image, pts=pts, time_base=time_base,
-                           source_arrived=None if source is None else source.arrived)
+    def stamp(self, images: Sequence[Any], sources: Sequence[InputFrame] | None,
+              now: float) -> list[OutputFrame]:
+        """Timestamp one call's output frames. A chunk that answers its inputs frame for frame
+        keeps their timestamps (so the output is paced like the input); other output (text mode,
+        or a chunk of another length) gets the stream's steady clock at `text_fps`."""
+        if sources and len(sources) == len(images) and all(
+                s.pts is not None and s.time_base is not None for s in sources):
+            return [OutputFrame(image=image, pts=int(s.pts), time_base=s.time_base,  # type: ignore[arg-type]
+                                source_arrived=s.arrived)
+                    for image, s in zip(images, sources, strict=True)]
+        step = max(1, round(CLOCK_RATE / self.service.text_fps))
+        first = max(int((now - self.opened) * CLOCK_RATE), self._last_pts + step)
+        arrived = sources[-1].arrived if sources else None
+        frames = [OutputFrame(image=image, pts=first + i * step, time_base=CLOCK_TIME_BASE,
+                              source_arrived=arrived) for i, image in enumerate(images)]
+        self._last_pts = frames[-1].pts
+        return frames

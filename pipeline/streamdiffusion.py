@@ -251,8 +251,8 @@ class StreamDiffusionPipeline(Pipeline):
         """One video and one text request: the warm-up runs every code path once."""
         size = (self.params.height, self.params.width)
         defaults = self.mode_defaults()
-        return [FrameRequest(frame=frame, size=size, state=self.new_state(), index=0,
-                             params=ParameterState().snapshot(defaults[mode]))
+        return [FrameRequest.of_frame(frame, size=size, state=self.new_state(),
+                                      params=ParameterState().snapshot(defaults[mode]))
                 for mode, frame in (("video", np.zeros((*size, 3), np.uint8)), ("text", None))]
 
     def close(self) -> None:

@@ -50,6 +50,10 @@ class Stats(BaseModel):
     frames_dropped_output: int
     pipeline_latency_ms: float | None
     process_ms: float | None
+    chunk_frames: int = 1
+    """Frames one pipeline call produces (video models work in chunks)."""
+    chunk_wait_ms: float | None = None
+    """How long a chunk's first frame waited for the rest (part of pipeline_latency_ms)."""
     input_mode: str | None
 
 

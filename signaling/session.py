@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiortc import (
@@ -117,7 +117,7 @@ class Session:
             self._spawn(_drain(track))  # aiortc queues received frames without bound
 
     async def _pump(self, track: MediaStreamTrack) -> None:
-        """Move received frames into the stream's latest-frame slot. Conversion to RGB happens
+        """Move received frames into the stream's window of latest frames. Conversion to RGB happens
         on the worker, and only for frames that are processed."""
         while True:
             try:
@@ -270,10 +270,13 @@ class _Sink:
         self._session = session
         self._loop = session._loop
 
-    def on_frame(self, frame: OutputFrame) -> None:
-        video = VideoFrame.from_ndarray(frame.image, format="rgb24")  # on the worker, not the loop
-        video.pts, video.time_base = frame.pts, frame.time_base
-        self._call(self._session.output.deliver, video)
+    def on_frames(self, frames: Sequence[OutputFrame]) -> None:
+        videos = []
+        for frame in frames:  # conversion on the worker, not the loop
+            video = VideoFrame.from_ndarray(frame.image, format="rgb24")
+            video.pts, video.time_base = frame.pts, frame.time_base
+            videos.append(video)
+        self._call(self._session.output.deliver, videos)
 
     def on_stopped(self, message: str) -> None:
         self._call(self._session.close_soon, message)

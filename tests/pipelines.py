@@ -60,6 +60,44 @@ class FaultyPipeline(Pipeline):
 
 
 @register
+class ChunkPipeline(Pipeline):
+    """A video model's shape: consumes `CHUNK` frames per call (one more on a session's first
+    call), returns them inverted as one T×H×W×3 chunk; text mode returns `CHUNK` frames whose
+    value counts the calls. Records every call's chunk lengths."""
+
+    id = "test-chunk"
+    name = description = "test: chunked video model"
+    modes: ClassVar[tuple[Mode, ...]] = ("video", "text")
+    CHUNK: ClassVar[int] = 3
+    calls: ClassVar[list[list[int]]] = []
+    gate: ClassVar[threading.Event] = threading.Event()  # process() waits for it
+    busy: ClassVar[threading.Event] = threading.Event()  # set while process() runs
+
+    def new_state(self) -> dict[str, int]:
+        return {"calls": 0}
+
+    def frames_per_call(self, state: dict[str, int] | None) -> int:
+        return self.CHUNK + 1 if state is None or state["calls"] == 0 else self.CHUNK
+
+    def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
+        type(self).calls.append([0 if r.frames is None else len(r.frames) for r in batch])
+        self.busy.set()
+        self.gate.wait(30)
+        self.busy.clear()
+        out = []
+        for r in batch:
+            r.state["calls"] += 1
+            if r.frames is None:
+                out.append(np.full((self.CHUNK, *r.size, 3), r.state["calls"], np.uint8))
+            else:
+                out.append(255 - r.frames)
+        return out
+
+
+ChunkPipeline.gate.set()
+
+
+@register
 class GatedLoadPipeline(Pipeline):
     """Loading waits for `gate`, reporting progress; fails when `fail` is set."""
 
@@ -84,11 +122,13 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.frames: list[OutputFrame] = []
+        self.calls: list[int] = []  # frames per on_frames call (chunk sizes)
         self.stopped: list[str] = []
         self.event = threading.Event()
 
-    def on_frame(self, frame: OutputFrame) -> None:
-        self.frames.append(frame)
+    def on_frames(self, frames: Sequence[OutputFrame]) -> None:
+        self.frames.extend(frames)
+        self.calls.append(len(frames))
         self.event.set()
 
     def on_stopped(self, message: str) -> None:

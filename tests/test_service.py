@@ -20,7 +20,7 @@ from pipeline import (
     UnknownPipelineError,
     UnsupportedModeError,
 )
-from tests.pipelines import GatedLoadPipeline, InvertPipeline, RecordingSink
+from tests.pipelines import ChunkPipeline, GatedLoadPipeline, InvertPipeline, RecordingSink
 
 
 def frame(value: int, pts: int = 0, size: int = 16) -> InputFrame:
@@ -228,3 +228,90 @@ def test_unload_frees_the_pipeline_and_stops_its_sessions(service: PipelineServi
     with pytest.raises(NotLoadedError):
         service.open_stream(RecordingSink(), offers_video=True)
     assert service.load_blocking("passthrough").status == "loaded"
+
+
+# --- chunk-aware pipelines (video models) ------------------------------------------------------
+
+def test_a_chunk_pipeline_gets_its_frames_per_call_and_each_output_keeps_its_input_stamp(
+        service: PipelineService) -> None:
+    service.load_blocking("test-chunk")
+    ChunkPipeline.calls.clear()
+    sink = RecordingSink()
+    stream = service.open_stream(sink, offers_video=True)
+    for i in range(4):  # the first call takes CHUNK + 1 frames
+        stream.push(frame(i, pts=100 + i))
+    sink.wait(4)
+    for i in range(4, 7):
+        stream.push(frame(i, pts=100 + i))
+    sink.wait(7)
+    assert ChunkPipeline.calls == [[4], [3]]
+    assert sink.calls == [4, 3]  # handed over as chunks, to be paced by the transport
+    assert [f.pts for f in sink.frames] == list(range(100, 107))
+    assert [int(f.image[0, 0, 0]) for f in sink.frames] == [255 - i for i in range(7)]
+    stats = stream.stats.snapshot()
+    assert stats["frames_out"] == 7 and stats["chunk_frames"] == 3
+    assert stats["frames_dropped"] == 0 and stats["chunk_wait_ms"] is not None
+
+
+def test_a_slow_chunk_pipeline_takes_the_latest_frames_and_counts_the_rest_as_drops(
+        service: PipelineService) -> None:
+    service.load_blocking("test-chunk")
+    sink = RecordingSink()
+    stream = service.open_stream(sink, offers_video=True)
+    ChunkPipeline.gate.clear()
+    try:
+        for i in range(4):
+            stream.push(frame(i, pts=i))
+        assert ChunkPipeline.busy.wait(10)  # the model is busy: input outruns it
+        for i in range(4, 14):
+            stream.push(frame(i, pts=i))
+    finally:
+        ChunkPipeline.gate.set()
+    sink.wait(7)
+    assert [f.pts for f in sink.frames] == [0, 1, 2, 3, 11, 12, 13]  # then the newest window
+    assert stream.stats.snapshot()["frames_dropped"] == 7
+
+
+def test_reset_cache_makes_the_next_chunk_a_first_chunk_again(service: PipelineService) -> None:
+    service.load_blocking("test-chunk")
+    ChunkPipeline.calls.clear()
+    sink = RecordingSink()
+    stream = service.open_stream(sink, offers_video=True)
+    for i in range(4):
+        stream.push(frame(i, pts=i))
+    sink.wait(4)
+    for i in range(4, 7):
+        stream.push(frame(i, pts=i))
+    sink.wait(7)
+    stream.update(ParameterUpdate(reset_cache=True))
+    for i in range(7, 11):
+        stream.push(frame(i, pts=i))
+    sink.wait(11)
+    assert ChunkPipeline.calls == [[4], [3], [4]]
+
+
+def test_text_mode_chunks_are_stamped_at_the_text_rate(service: PipelineService) -> None:
+    service.load_blocking("test-chunk", {"height": 64, "width": 64})
+    sink = RecordingSink()
+    service.open_stream(sink, offers_video=False)
+    sink.wait(6)
+    pts = [f.pts for f in sink.frames[:6]]
+    step = round(90_000 / service.text_fps)
+    # within a chunk, frames are one text-frame interval apart; chunks follow on, never overlap
+    assert pts[1] - pts[0] == pts[2] - pts[1] == step
+    assert pts[3] >= pts[2] + step
+    assert [int(f.image[0, 0, 0]) for f in sink.frames[:6]] == [1, 1, 1, 2, 2, 2]
+
+
+def test_a_pipeline_returning_an_empty_chunk_stops_the_session_with_the_reason(
+        service: PipelineService) -> None:
+    service.load_blocking("test-chunk", {"height": 64, "width": 64})
+    bad = RecordingSink()
+    ChunkPipeline.CHUNK = 0  # text mode now returns a chunk of no frames
+    try:
+        service.open_stream(bad, offers_video=False)
+        bad.wait()
+    finally:
+        ChunkPipeline.CHUNK = 3
+    assert bad.stopped and "T×H×W×3" in bad.stopped[0] and not bad.frames
+    assert service.stream_count == 0

@@ -63,9 +63,9 @@ def request(pipeline: StreamDiffusionPipeline, frame: np.ndarray | None, index: 
             params: FrameParams | None = None, state: Any = None,
             **update: Any) -> FrameRequest:
     mode: Mode = "text" if frame is None else "video"
-    return FrameRequest(frame=frame, size=(SIZE, SIZE), index=index,
-                        params=params or frame_params(mode, **update),
-                        state=state if state is not None else pipeline.new_state())
+    return FrameRequest.of_frame(frame, size=(SIZE, SIZE), index=index,
+                                 params=params or frame_params(mode, **update),
+                                 state=state if state is not None else pipeline.new_state())
 
 
 def picture(seed: int = 0, shape: tuple[int, int] = (48, 80)) -> np.ndarray:

@@ -290,3 +290,18 @@ async def test_floods_and_huge_messages_leave_the_session_and_its_neighbours_ali
         frame = await neighbour.recv()
         assert mean_rgb(frame)[0] > mean_rgb(frame)[2]
         assert len(effect_server.app.state.sessions) == 2
+
+
+async def test_a_chunked_pipeline_streams_its_chunks_in_order_with_chunk_stats() -> None:
+    with serve_in_thread(pipeline="test-chunk") as server:
+        source = NumberedFrames(size=128, fps=20)
+        async with LiveV2VClient(server.url) as client:
+            await client.connect(source)
+            frames = [await client.recv() for _ in range(10)]
+            stats = await client.message("stats")
+            while stats["frames_out"] < 7:  # the first full chunks have been produced
+                stats = await client.message("stats")
+    numbers = [read_number(255 - f.to_ndarray(format="rgb24")) for f in frames]  # inverted
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
+    assert all(n in source.sent for n in numbers)
+    assert stats["chunk_frames"] == 3 and stats["chunk_wait_ms"] is not None

@@ -927,7 +927,10 @@ class Studio {
     set("connection", s.connectionState);
     const srv = s.server;
     set("server-fps", srv ? `${srv.fps_in.toFixed(1)} → ${srv.fps_out.toFixed(1)}` : "—");
-    set("pipeline", s.pipelineLatencyMs == null ? "—" : `${Math.round(s.pipelineLatencyMs)} ms`);
+    // Video models work in chunks: their latency includes waiting for the chunk's frames.
+    const chunk = srv && srv.chunk_frames > 1
+      ? ` · chunk of ${srv.chunk_frames}, wait ${Math.round(srv.chunk_wait_ms ?? 0)} ms` : "";
+    set("pipeline", s.pipelineLatencyMs == null ? "—" : `${Math.round(s.pipelineLatencyMs)} ms${chunk}`);
     set("upload", s.uploadKbps == null ? "—" : formatBitrate(s.uploadKbps));
     set("jitter", s.jitterBufferMs == null ? "—" : `${Math.round(s.jitterBufferMs)} ms`);
     if (s.frameWidth) this.$("output-detail").textContent = `${s.frameWidth}×${s.frameHeight}`;
