@@ -41,6 +41,7 @@ from pipeline.params import ParameterState, ParameterUpdate  # noqa: E402
 from pipeline.streamdiffusion import StreamDiffusionParams, StreamDiffusionPipeline  # noqa: E402
 from tests.tiny_models import build_tiny_sd, build_tiny_taesd, write_tiny_clip_tokenizer  # noqa: E402
 
+WAN_CONFIGS = ("longlive", "streamdiffusionv2")
 SD_TURBO_UNET: dict[str, Any] = {
     # stabilityai/sd-turbo unet/config.json (SD 2.1 architecture, 866 M parameters).
     "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
@@ -178,7 +179,9 @@ def measure(pipeline: StreamDiffusionPipeline, sessions: int, steps: int, args: 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", choices=("tiny", "sd-turbo"), default="sd-turbo")
+    parser.add_argument("--config", choices=("tiny", "sd-turbo", *WAN_CONFIGS),
+                        default="sd-turbo",
+                        help="longlive / streamdiffusionv2: see benchmarks/wan_pipeline.py")
     parser.add_argument("--random-weights", action="store_true",
                         help="sd-turbo: build random weights of the real size (no download)")
     parser.add_argument("--model-id", default="stabilityai/sd-turbo")
@@ -212,6 +215,13 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    if pre.parse_known_args(argv)[0].config in WAN_CONFIGS:  # the video models have their own
+        from benchmarks.wan_pipeline import main as wan_main
+
+        wan_main(argv)
+        return
     args = parse_args(argv)
     height, width = parse_size(args.size)
     input_size = parse_size(args.input_size) if args.input_size else (height, width)

@@ -46,6 +46,7 @@ from .vae import TEMPORAL, StreamingVAE, VAECache
 from .weights import (
     DEFAULT_MODEL,
     MEMORY_ADVICE,
+    WanModel,
     is_local_file_ref,
     load_wan_model,
     resolve_device,
@@ -91,6 +92,9 @@ class WanParams(LoadParams):
                                              "itself included (-1 = all).")
     sink_size: int = Field(default=3, ge=0, le=100,
                            description="First latent frames kept in the KV cache for good.")
+    sink_positions: Literal["absolute", "adjacent"] = Field(
+        default="absolute", description="RoPE positions of the sinks: their true ones, or "
+                                        "just before the window (bounded on endless streams).")
     noise_controller: bool = Field(default=True,
                                    description="Video: more noise when the input moves more.")
     manage_cache: bool = Field(default=True, description="Restart the KV cache when the "
@@ -168,11 +172,17 @@ class WanVideoPipeline(Pipeline):
                 if not looks_local(repo)]
 
     def load(self, progress: ProgressCallback) -> None:
-        from .causal_transformer import CausalWanTransformer
 
         p = self.params
         wan = load_wan_model(p.model_id, p.checkpoint, p.lora, p.lora_alpha, self.device,
                              self.dtype, progress)
+        self.setup(wan, progress)
+
+    def setup(self, wan: WanModel, progress: ProgressCallback) -> None:
+        """Everything after the weights are loaded (benchmarks call it with random weights)."""
+        from .causal_transformer import CausalWanTransformer
+
+        p = self.params
         transformer = wan.transformer
         if p.vace_enabled:
             if p.vace_id is None:
@@ -189,7 +199,8 @@ class WanVideoPipeline(Pipeline):
             for block in transformer.blocks:
                 block.compile()
         self.transformer = CausalWanTransformer(transformer, local_attn_size=p.local_attn_size,
-                                                sink_size=p.sink_size)
+                                                sink_size=p.sink_size,
+                                                sink_positions=p.sink_positions)
         self.latent_shape = (int(self.model_config.in_channels), p.height // self.vae.spatial,
                              p.width // self.vae.spatial)
         progress(0.9, "warming up" + (" (torch.compile: may take minutes)" if p.compile else ""))
