@@ -419,6 +419,40 @@ def test_adjacent_sinks_sit_just_before_the_window(tmp_path: Path) -> None:
     torch.testing.assert_close(near, expected[:, :, 3:], atol=ATOL, rtol=1e-4)
 
 
+
+@pytest.mark.parametrize("sink_positions", ["absolute", "adjacent"])
+def test_streams_at_different_frames_batch_together(wan_dir: Path, sink_positions: str) -> None:
+    """Three sessions' caches (fresh, two chunks in, six chunks in with frames evicted), each
+    with its own prompt, run as one batch: every output and every cache afterwards equals running
+    them one by one (padding of the shorter pasts is masked out)."""
+    options = {"local_attn_size": 4, "sink_size": 1, "sink_positions": sink_positions}
+    causal = CausalWanTransformer(WanTransformer3DModel.from_pretrained(wan_dir), **options)
+    texts = _text(5, batch=3)
+
+    def sessions() -> list:
+        caches = [causal.new_cache() for _ in range(3)]
+        for i, chunks in enumerate((0, 2, 6)):
+            for c in range(chunks):
+                causal(_latents(1, 10 * i + c), torch.zeros(1), texts[i:i + 1], caches[i],
+                       commit=True)
+        return caches
+
+    alone, together = sessions(), sessions()
+    for step, (t, commit, bias) in enumerate(((900.0, False, 0.4), (600.0, False, 1.0),
+                                               (0.0, True, 1.0), (700.0, False, 1.0))):
+        x = _latents(1, 50 + step, batch=3)
+        timesteps = torch.full((3,), t)
+        want = torch.cat([
+            causal(x[i:i + 1], timesteps[i:i + 1], texts[i:i + 1], alone[i], commit=commit,
+                   kv_bias=bias)
+            for i in range(3)
+        ])
+        got = causal(x, timesteps, texts, together, commit=commit, kv_bias=bias)
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
+    assert [c.frames for c in together] == [c.frames for c in alone] == [1, 3, 7]
+    with pytest.raises(ValueError, match="batch"):
+        causal(_latents(1, 0, batch=2), torch.zeros(2), texts[:1], together)
+
 # --- CUDA (run by benchmarks/gpu_check.sh; skipped here) ----------------------------------------
 
 CUDA_CONFIG = {**CONFIG, "num_attention_heads": 2, "attention_head_dim": 64, "ffn_dim": 256}

@@ -10,7 +10,7 @@ class CausalWanTransformer:   # wraps a loaded WanTransformer3DModel or WanVACET
     def __call__(self, latents: Tensor,           # [B, C, F, h, w] the chunk's latent frames
                  timestep: Tensor,                # [B] or [B, F], 0..1000 scale
                  text_embeds: Tensor,             # [B or 1, L, D] (UMT5 output)
-                 cache: CausalCache, *,
+                 cache: CausalCache | Sequence[CausalCache], *,  # several: streams batched
                  commit: bool = False,            # the clean t=0 pass: append the chunk's K/V
                  kv_bias: float = 1.0,            # kv_cache_attention_bias, 0.01–1
                  vace_context: Tensor | None = None,  # [B, vace_in_channels, F, h, w]

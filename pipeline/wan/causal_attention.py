@@ -51,16 +51,18 @@ def kv_bias_logit(kv_bias: float) -> float | None:
 class SelfAttentionCall:
     """One layer's per-call state for `attn1` (passed where the block passes `rotary_emb`).
 
-    In: the chunk's rotary phases, the layer's visible cached keys/values (None: none yet), the
-    kv-bias logit (a 0-d tensor, None when off). Out: the chunk's own keys/values, which the
-    caller commits to the cache after a clean pass. All bookkeeping happens outside the blocks,
-    so the processor is plain tensor code (torch.compile traces it without guards on the cache)."""
+    In: the chunk's rotary phases, the layer's visible cached keys/values (None: none yet) and
+    an additive row over them, [B or 1, 1, 1, past] (log kv_bias on cached keys, -inf on the
+    padding of batched streams; None when neither applies). Out: the chunk's own keys/values,
+    which the caller commits to the cache after a clean pass. All bookkeeping happens outside
+    the blocks, so the processor is plain tensor code (torch.compile traces it without guards
+    on the cache)."""
 
     cos: torch.Tensor
     sin: torch.Tensor
     past_key: torch.Tensor | None = None
     past_value: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
+    past_bias: torch.Tensor | None = None
     key: torch.Tensor | None = field(default=None, repr=False)
     value: torch.Tensor | None = field(default=None, repr=False)
 
@@ -127,10 +129,11 @@ class CausalSelfAttnProcessor:
         if call.past_key is not None and call.past_value is not None:
             keys = torch.cat([call.past_key, key], dim=2)
             values = torch.cat([call.past_value, value], dim=2)
-            if call.bias is not None:
-                # one row, broadcast over batch, heads and queries
-                mask = query.new_zeros(1, 1, 1, keys.shape[2])
-                mask[..., : call.past_key.shape[2]] = call.bias.to(mask.dtype)
+            if call.past_bias is not None:
+                # one row per batch entry, broadcast over heads and queries
+                past = call.past_bias.to(query.dtype)
+                own = past.new_zeros(*past.shape[:-1], key.shape[2])
+                mask = torch.cat([past, own], dim=-1)
         out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
         return _output(attn, out, hidden_states)
 

@@ -13,6 +13,8 @@ The model's modules and weights are used as loaded (attention processors swapped
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from functools import partial
 from typing import Literal
 
@@ -101,7 +103,7 @@ class CausalWanTransformer:
         latents: torch.Tensor,
         timestep: torch.Tensor,
         text_embeds: torch.Tensor,
-        cache: CausalCache,
+        cache: CausalCache | Sequence[CausalCache],
         *,
         commit: bool = False,
         kv_bias: float = 1.0,
@@ -111,40 +113,37 @@ class CausalWanTransformer:
         """The flow prediction for `latents` [B, C, F, h, w] (same shape and dtype).
 
         timestep: [B] or [B, F] (per frame), 0–1000 scale. text_embeds: [B or 1, L, text_dim].
+        cache: the stream's cache, or several streams' caches (batch = the sum of their batch
+        sizes, in order) to run independent streams, at any frame, as one batch.
         commit: append this chunk's keys/values and advance `cache.frames` (the clean t=0 pass).
         kv_bias: kv_cache_attention_bias, 0.01–1 (1 = off). vace_context: the chunk's control
         context [B, vace_in_channels, F, h, w] (VACE models only); vace_scale multiplies its
         hints."""
         model = self.model
-        batch, _, frames, height, width = self._check(latents, cache, text_embeds, vace_context)
+        streams = [cache] if isinstance(cache, CausalCache) else list(cache)
+        batch, _, frames, height, width = self._check(latents, streams, text_embeds,
+                                                      vace_context)
         _, p_h, p_w = model.config.patch_size
         rows, cols = height // p_h, width // p_w
         tokens_per_frame = rows * cols
-        if cache.tokens_per_frame not in (None, tokens_per_frame):
-            raise ValueError(
-                "the latent size changed within a stream; reset the cache first "
-                f"({cache.tokens_per_frame} → {tokens_per_frame} tokens per frame)"
-            )
+        for stream in streams:
+            if stream.tokens_per_frame not in (None, tokens_per_frame):
+                raise ValueError(
+                    "the latent size changed within a stream; reset the cache first "
+                    f"({stream.tokens_per_frame} → {tokens_per_frame} tokens per frame)"
+                )
         self.window.check_chunk(frames)
         bias_logit = kv_bias_logit(kv_bias)
 
         temb, timestep_proj = self._time_embedding(timestep, batch, frames, tokens_per_frame)
+        cos, sin = self._rotary(streams, frames, rows, cols)
         running = [n for n in self.layers if vace_context is not None or n.startswith("blocks.")]
-        start, end = cache.frames, cache.frames + frames
-        cos, sin = chunk_rotary(model.rope, start, frames, rows, cols, self.device)
-        bias = None
-        if bias_logit is not None:
-            bias = torch.tensor(bias_logit, device=self.device)
-        self_calls: dict[str, SelfAttentionCall] = {}
-        for name in running:
-            layer = cache.self_attn.get(name)
-            past = None
-            if layer is not None:
-                past = layer.visible(end, self.window, tokens_per_frame, self._move_sinks)
-            self_calls[name] = SelfAttentionCall(cos, sin, *(past or (None, None)), bias=bias)
-        cross_calls = {
-            name: CrossAttentionCall(*kv) for name, kv in self._text_cache(text_embeds, cache)
+        self_calls = {
+            name: self._self_attention(name, streams, frames, tokens_per_frame, cos, sin,
+                                       bias_logit)
+            for name in running
         }
+        cross_calls = self._cross_attention(text_embeds, streams)
 
         weight = model.patch_embedding.weight
         hidden = model.patch_embedding(latents.to(weight.dtype)).flatten(2).transpose(1, 2)
@@ -164,13 +163,102 @@ class CausalWanTransformer:
                 hidden = hidden + hints[i] * vace_scale
 
         if commit:
+            sizes = [stream.batch_size for stream in streams]
             for name, call in self_calls.items():
-                if call.key is not None and call.value is not None:  # set by every attn1
-                    cache.layer(name).append(call.key, call.value, start, self.window,
-                                             tokens_per_frame)
-            cache.frames = end
-            cache.tokens_per_frame = tokens_per_frame
+                if call.key is None or call.value is None:  # set by every attn1
+                    continue
+                parts = zip(streams, call.key.split(sizes), call.value.split(sizes), strict=True)
+                for stream, key, value in parts:
+                    stream.layer(name).append(key, value, stream.frames, self.window,
+                                              tokens_per_frame)
+            for stream in streams:
+                stream.frames += frames
+                stream.tokens_per_frame = tokens_per_frame
         return self._unpatchify(hidden, temb, latents, rows, cols).to(latents.dtype)
+
+    def _rotary(
+        self, streams: list[CausalCache], frames: int, rows: int, cols: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of the chunk: [1, tokens, 1, d/2] when every stream is at the same frame,
+        else one row per batch entry."""
+        rope = self.model.rope
+        starts = {stream.frames for stream in streams}
+        if len(starts) == 1:
+            return chunk_rotary(rope, starts.pop(), frames, rows, cols, self.device)
+        tables = [
+            tuple(t.expand(s.batch_size, -1, -1, -1)
+                  for t in chunk_rotary(rope, s.frames, frames, rows, cols, self.device))
+            for s in streams
+        ]
+        return torch.cat([c for c, _ in tables]), torch.cat([s for _, s in tables])
+
+    def _self_attention(
+        self,
+        name: str,
+        streams: list[CausalCache],
+        frames: int,
+        tokens_per_frame: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        bias_logit: float | None,
+    ) -> SelfAttentionCall:
+        """One layer's attention inputs: every stream's visible past, padded to one length
+        (padding masked out) when several streams of different lengths share the batch."""
+        pasts = []
+        for stream in streams:
+            layer = stream.self_attn.get(name)
+            end = stream.frames + frames
+            pasts.append(
+                layer.visible(end, self.window, tokens_per_frame, self._move_sinks)
+                if layer is not None else None
+            )
+        present = [p for p in pasts if p is not None]
+        if not present:
+            return SelfAttentionCall(cos, sin)
+        lengths = [p[0].shape[2] if p is not None else 0 for p in pasts]
+        longest = max(lengths)
+        if len(streams) == 1:
+            key, value = present[0]
+        else:
+            like = present[0][0]
+            padded = []
+            for stream, past, length in zip(streams, pasts, lengths, strict=True):
+                shape = (stream.batch_size, like.shape[1], longest - length, like.shape[3])
+                pad = like.new_zeros(shape)
+                padded.append(pad if past is None else
+                              (torch.cat([past[0], pad], dim=2), torch.cat([past[1], pad], dim=2)))
+            key = torch.cat([p if isinstance(p, torch.Tensor) else p[0] for p in padded])
+            value = torch.cat([p if isinstance(p, torch.Tensor) else p[1] for p in padded])
+        past_bias = None
+        if bias_logit is not None or len(set(lengths)) > 1:
+            rows = []
+            for stream, length in zip(streams, lengths, strict=True):
+                row = torch.full((stream.batch_size, 1, 1, longest), -math.inf,
+                                 device=self.device)
+                row[..., :length] = bias_logit or 0.0
+                rows.append(row)
+            past_bias = torch.cat(rows)
+        return SelfAttentionCall(cos, sin, key, value, past_bias=past_bias)
+
+    def _cross_attention(
+        self, text_embeds: torch.Tensor, streams: list[CausalCache]
+    ) -> dict[str, CrossAttentionCall]:
+        """Every layer's text keys/values for the batch, from each stream's cache."""
+        if len(streams) == 1:
+            return {n: CrossAttentionCall(*kv) for n, kv in self._text_cache(text_embeds,
+                                                                              streams[0])}
+        sizes = [stream.batch_size for stream in streams]
+        texts = text_embeds.split(sizes) if text_embeds.shape[0] > 1 else [text_embeds] * len(
+            streams
+        )
+        per_stream = [dict(self._text_cache(t, s)) for t, s in zip(texts, streams, strict=True)]
+        calls = {}
+        for name in self.layers:
+            parts = [(kv[name], size) for kv, size in zip(per_stream, sizes, strict=True)]
+            key = torch.cat([k.expand(size, -1, -1, -1) for (k, _), size in parts])
+            value = torch.cat([v.expand(size, -1, -1, -1) for (_, v), size in parts])
+            calls[name] = CrossAttentionCall(key, value)
+        return calls
 
     def add_reference_frames(
         self,
@@ -208,7 +296,7 @@ class CausalWanTransformer:
     def _check(
         self,
         latents: torch.Tensor,
-        cache: CausalCache,
+        streams: list[CausalCache],
         text_embeds: torch.Tensor,
         vace_context: torch.Tensor | None,
     ) -> tuple[int, int, int, int, int]:
@@ -221,8 +309,11 @@ class CausalWanTransformer:
         _, p_h, p_w = config.patch_size
         if height % p_h or width % p_w:
             raise ValueError(f"latent size {height}×{width} is not a multiple of the patch size")
-        if batch != cache.batch_size:
-            raise ValueError(f"latents batch {batch} ≠ the cache's batch {cache.batch_size}")
+        if not streams:
+            raise ValueError("no cache given")
+        cached = sum(stream.batch_size for stream in streams)
+        if batch != cached:
+            raise ValueError(f"latents batch {batch} ≠ the caches' batch {cached}")
         if text_embeds.ndim != 3 or text_embeds.shape[0] not in (1, batch):
             raise ValueError(
                 f"text_embeds must be [B or 1, L, {config.text_dim}], "
