@@ -28,6 +28,7 @@ from signaling.ice import IceServerProvider, is_loopback_host
 from signaling.jitter import release_frames_on_marker
 from signaling.limits import BodyLimitMiddleware
 from signaling.loopback import offer_loopback_candidates
+from signaling.recording import RecordingLimits
 from signaling.routes import ApiContext, build_router
 from signaling.sessions import SessionRegistry
 from ui.blocks import MOUNT_OPTIONS, build_blocks
@@ -56,7 +57,8 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     ice = IceServerProvider(host=settings.host)
     sessions = SessionRegistry(service, ice, max_sessions=settings.max_sessions,
                                connect_timeout_s=settings.connect_timeout_s,
-                               time_limit_s=settings.session_time_limit_s)
+                               time_limit_s=settings.session_time_limit_s,
+                               recording=settings.recording)
     release_frames_on_marker()  # one frame interval less latency per received frame
     use_live_encoder()  # VP8 settings for clean live video: half the encoder's CPU
     if local:
@@ -230,6 +232,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder for small per-user state (Scope's onboarding status); "
                              "default: $LIVEV2V_DATA_DIR or ~/.local/share/livev2v")
+    parser.add_argument("--recording-max-seconds", type=float, default=600.0,
+                        help="server-side recordings stop at this duration (default 600)")
+    parser.add_argument("--recording-max-mb", type=float, default=512.0,
+                        help="server-side recordings stop at this size (default 512 MB)")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
 
@@ -247,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
         max_sessions=args.max_sessions, session_time_limit_s=args.session_time_limit,
         root_path=args.root_path, api_key=args.api_key, models_dir=args.models_dir,
         data_dir=args.data_dir,
+        recording=RecordingLimits(max_seconds=args.recording_max_seconds,
+                                  max_bytes=int(args.recording_max_mb * 1024 * 1024)),
     )
     app = create_app(settings, args.load_params)
     shown = "localhost" if is_loopback_host(args.host) else args.host

@@ -74,6 +74,9 @@ class ParameterUpdate(BaseModel):
     kv_cache_attention_bias: FiniteFloat | None = Field(default=None, ge=0.01, le=1.0)
     noise_controller: bool | None = None
     node_id: str | None = Field(default=None, max_length=200)
+    recording: bool | None = Field(default=None, description=(
+        "Start (true) or stop (false) server-side recording of this session's output; "
+        "not a pipeline parameter."))
 
     _weights = field_validator("prompts")(_check_weights)
 
@@ -162,7 +165,7 @@ class ParameterState:
             if update.reset_cache:
                 self._reset_pending = True
             for key, value in update.given().items():
-                if key not in ("prompts", "transition", "reset_cache"):
+                if key not in ("prompts", "transition", "reset_cache", "recording"):
                     self._values[key] = value
 
     def _start_transition(self, spec: TransitionSpec) -> None:

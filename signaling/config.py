@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from .recording import RecordingLimits
+
 # Any page served from this machine (a dev server on another port, a notebook) may call the API.
 LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
 
@@ -27,6 +29,7 @@ class ServerSettings(BaseModel):
     models_dir: Path | None = None
     data_dir: Path | None = None
     """Where small per-user state lives (onboarding status); default: `default_data_dir()`."""
+    recording: RecordingLimits = Field(default_factory=RecordingLimits)
 
     def cors_origin_regex(self) -> str:
         extra = [re.escape(o.rstrip("/")) for o in self.cors_origins if o != "*"]

@@ -46,6 +46,7 @@ from .messages import (
     scope_view,
 )
 from .models import IceCandidateModel
+from .recording import Recording, RecordingError, RecordingLimits
 from .sdp import OfferSummary, parse_candidate
 from .tracks import PipelineTrack
 
@@ -58,7 +59,8 @@ STATS_INTERVAL_S = 1.0
 class Session:
     def __init__(self, service: PipelineService, configuration: RTCConfiguration, *,
                  connect_timeout_s: float = 30.0, time_limit_s: float | None = None,
-                 on_closed: Callable[[Session], None] | None = None) -> None:
+                 on_closed: Callable[[Session], None] | None = None,
+                 recording: RecordingLimits | None = None) -> None:
         self.id = str(uuid.uuid4())
         self.created = time.monotonic()
         self._service = service
@@ -68,6 +70,9 @@ class Session:
         self._on_closed = on_closed
         self.pc = RTCPeerConnection(configuration)
         self.output = PipelineTrack()
+        self.output.on_sent = self._record
+        self.recording: Recording | None = None
+        self._recording_limits = recording or RecordingLimits()
         self.stream: Stream | None = None
         self.channel: RTCDataChannel | None = None
         self._outbox: list[ServerMessage] = []  # messages produced before the channel opened
@@ -94,6 +99,8 @@ class Session:
         self._spawn(self._watch_connect())
         if self._time_limit is not None:
             self._spawn(self._enforce_time_limit(self._time_limit))
+        if initial is not None and initial.recording:
+            self._set_recording(True)
         if initial is not None and initial.given():
             self._acknowledge()
         return self.pc.localDescription
@@ -128,6 +135,37 @@ class Session:
                 self.stream.push(InputFrame(decode=_rgb_decoder(frame), pts=frame.pts,
                                             time_base=frame.time_base, arrived=time.monotonic()))
 
+    # --- server-side recording ---------------------------------------------------------------
+
+    def _record(self, frame: VideoFrame) -> None:
+        if self.recording is not None:
+            self.recording.offer(frame)
+
+    def start_recording(self) -> Recording:
+        """Record what this session sends from now on (a running recording carries on; a
+        stopped one that was not downloaded is replaced). Raises RecordingError."""
+        if self.recording is not None and self.recording.recording:
+            return self.recording
+        previous, self.recording = self.recording, Recording(self.id, self._recording_limits)
+        if previous is not None:  # its encoder may still be flushing: delete it off the loop
+            self._spawn(asyncio.to_thread(previous.discard))
+        return self.recording
+
+    def take_recording(self) -> Recording | None:
+        """Hand the recording over (to a download, which deletes the file afterwards)."""
+        recording, self.recording = self.recording, None
+        return recording
+
+    def _set_recording(self, on: bool) -> None:
+        """The `recording` key of the parameters channel."""
+        if on:
+            try:
+                self.start_recording()
+            except RecordingError as exc:
+                self.send(ErrorNotification(error_message=str(exc)))
+        elif self.recording is not None and self.recording.recording:
+            self._spawn(asyncio.to_thread(self.recording.stop, "stopped by the client"))
+
     # --- the parameters channel -------------------------------------------------------------
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
@@ -159,6 +197,8 @@ class Session:
         except UnsupportedModeError as exc:
             self.send(ErrorNotification(error_message=str(exc)))
             return
+        if update.recording is not None:
+            self._set_recording(update.recording)
         self._acknowledge()  # never parameters_updated: Scope's app would undo its own edit
 
     def apply_from_elsewhere(self, update: ParameterUpdate) -> None:
@@ -167,6 +207,8 @@ class Session:
         if self.stream is None or self.closing:
             return
         self.stream.update(update)
+        if update.recording is not None:
+            self._set_recording(update.recording)
         view = scope_view(update)
         if view:
             self.send(ParametersUpdated(parameters=view))
@@ -234,6 +276,8 @@ class Session:
             self.send(StreamStopped(error_message=error))
             await self._flush_channel()
         self.output.stop()
+        if self.recording is not None:
+            await asyncio.to_thread(self.recording.discard)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -10,6 +10,7 @@ from aiortc import RTCConfiguration
 from pipeline import ParameterUpdate, PipelineService
 
 from .ice import IceServerProvider, to_aiortc
+from .recording import RecordingLimits
 from .sdp import check_offer
 from .session import Session
 
@@ -23,8 +24,10 @@ class CapacityError(RuntimeError):
 class SessionRegistry:
     def __init__(self, service: PipelineService, ice: IceServerProvider, *,
                  max_sessions: int | None = None, connect_timeout_s: float = 30.0,
-                 time_limit_s: float | None = None) -> None:
+                 time_limit_s: float | None = None,
+                 recording: RecordingLimits | None = None) -> None:
         self.service = service
+        self.recording_limits = recording or RecordingLimits()
         self.ice = ice
         self._max_sessions = max_sessions
         self.connect_timeout_s = connect_timeout_s
@@ -57,7 +60,8 @@ class SessionRegistry:
                                 "try again in a moment.")
         configuration = RTCConfiguration(iceServers=to_aiortc(await self.ice.servers()))
         session = Session(self.service, configuration, connect_timeout_s=self.connect_timeout_s,
-                          time_limit_s=self.time_limit_s, on_closed=self._forget)
+                          time_limit_s=self.time_limit_s, on_closed=self._forget,
+                          recording=self.recording_limits)
         self._sessions[session.id] = session
         try:
             await session.answer(sdp, summary, initial)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
@@ -30,6 +30,8 @@ class PipelineTrack(MediaStreamTrack):
         self._changed = asyncio.Event()
         self._last: tuple[float, float] | None = None  # (timestamp s, release time) of the newest
         self.dropped = 0
+        self.on_sent: Callable[[VideoFrame], None] | None = None
+        """Called with each frame as it goes to the encoder (server-side recording)."""
 
     def deliver(self, frames: Sequence[VideoFrame]) -> None:
         """One call's output, in display order. Called on the event loop (the worker hands over
@@ -73,6 +75,8 @@ class PipelineTrack(MediaStreamTrack):
                 wait = due - self._loop.time()
                 if wait <= 0:
                     self._queue.popleft()
+                    if self.on_sent is not None:
+                        self.on_sent(frame)
                     return frame
             else:
                 wait = None
