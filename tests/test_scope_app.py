@@ -365,6 +365,7 @@ def test_every_page_load_call_answers_in_scopes_shape(http: httpx.Client) -> Non
     assert status["status"] in ("not_loaded", "loading", "loaded", "error")
     assert {"pipeline_id", "load_params", "error", "loading_stage", "produces_video",
             "produces_audio"} <= status.keys()
+    assert status["loaded_lora_adapters"] == []
     hw = http.get("/api/v1/hardware/info").json()
     assert hw["vram_gb"] is None or hw["vram_gb"] > 0  # picks Scope's quantization default
     assert (hw["spout_available"], hw["ndi_available"], hw["syphon_available"]) == (

@@ -247,6 +247,18 @@ def test_webcam_stream_steer_snapshot_record_stop(studio: Studio, server: Server
     page.click('[data-action="pause"]')
     eventually(lambda: studio.applied().get("paused") is False)
 
+    # A change made elsewhere (over HTTP) shows in the controls; the studio's own edits were
+    # never answered with parameters_updated.
+    own = studio.js("() => window.liveV2V.messages.filter(m => m.type === 'parameters_updated')")
+    assert own == []
+    r = httpx.post(f"{server.url}/api/v1/session/parameters", params={"session_id": session_id},
+                   json={"prompts": [{"text": "ocean", "weight": 1.0}], "noise_scale": 0.3},
+                   timeout=5)
+    assert r.json()["sessions"] == 1
+    studio.wait("() => document.querySelector('[data-role=\"prompt-text\"]').value === 'ocean'")
+    assert page.locator('[data-role="noise"]').input_value() == "0.3"
+    eventually(lambda: studio.applied().get("noise_scale") == 0.3)
+
     # Stats overlay: browser and server figures.
     studio.wait("() => Number(document.querySelector('[data-stat=\"fps\"]').textContent) > 5", 5)
     assert page.locator('[data-stat="connection"]').inner_text() == "connected"
