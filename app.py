@@ -52,8 +52,8 @@ def default_pipeline() -> str:
 
 def create_app(settings: ServerSettings, load_params: dict | None = None) -> FastAPI:
     local = is_loopback_host(settings.host)
-    service = PipelineService(path_policy=LocalPathPolicy(allow_any=local,
-                                                          models_dir=settings.models_dir))
+    service = build_service(settings, LocalPathPolicy(allow_any=local,
+                                                      models_dir=settings.models_dir))
     ice = IceServerProvider(host=settings.host)
     sessions = SessionRegistry(service, ice, max_sessions=settings.max_sessions,
                                connect_timeout_s=settings.connect_timeout_s,
@@ -69,8 +69,9 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.logs.install()  # the server's own log lines, for /api/v1/logs
+        service.adopt_remote()  # Ray workers another front loaded already
         service.start()
-        if settings.pipeline:
+        if settings.pipeline:  # a no-op when adopted Ray workers have it loaded already
             service.load(settings.pipeline, load_params)
         log.info("ICE servers: %s", ice.source)
         yield
@@ -106,6 +107,17 @@ class Server(uvicorn.Server):
         if stopping is not None:
             stopping.set()
         await super().shutdown(sockets)
+
+
+def build_service(settings: ServerSettings, path_policy: LocalPathPolicy) -> PipelineService:
+    """Local workers (one per --devices entry), or Ray actors with --backend ray."""
+    if settings.backend == "ray":
+        from pipeline.ray_backend import start_engines  # Ray is optional: import it only here
+
+        engines = start_engines(address=settings.ray_address, workers=settings.ray_workers,
+                                gpus_per_worker=settings.ray_gpus_per_worker)
+        return PipelineService(engines=engines, path_policy=path_policy)
+    return PipelineService(devices=settings.devices, path_policy=path_policy)
 
 
 @dataclass
@@ -236,8 +248,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="server-side recordings stop at this duration (default 600)")
     parser.add_argument("--recording-max-mb", type=float, default=512.0,
                         help="server-side recordings stop at this size (default 512 MB)")
+    parser.add_argument("--devices", type=_device_list, default=None,
+                        help="one pipeline worker per device, each with its own copy of the "
+                             "pipeline, e.g. cuda:0,cuda:1 (default: one worker, the pipeline's "
+                             "own choice of device)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="ray: pipeline workers are Ray actors placed on the cluster's GPUs "
+                             "(pip install -r requirements-ray.txt)")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to join ('auto': the one `ray start` made here; "
+                             "default: RAY_ADDRESS, else a local cluster started for this server)")
+    parser.add_argument("--ray-workers", type=int, default=None,
+                        help="pipeline actors (default: one per GPU of the cluster, or one)")
+    parser.add_argument("--ray-gpus-per-worker", type=float, default=None,
+                        help="GPUs each actor asks Ray for (default 1 if the cluster has GPUs, "
+                             "else 0; 0.5 puts two workers on a GPU)")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
+
+
+def _device_list(text: str) -> list[str]:
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    if not devices:
+        raise argparse.ArgumentTypeError("give at least one device, e.g. cuda:0,cuda:1")
+    return devices
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -255,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=args.data_dir,
         recording=RecordingLimits(max_seconds=args.recording_max_seconds,
                                   max_bytes=int(args.recording_max_mb * 1024 * 1024)),
+        devices=args.devices, backend=args.backend, ray_address=args.ray_address,
+        ray_workers=args.ray_workers, ray_gpus_per_worker=args.ray_gpus_per_worker,
     )
     app = create_app(settings, args.load_params)
     shown = "localhost" if is_loopback_host(args.host) else args.host

@@ -8,6 +8,7 @@ from .paths import ForbiddenPathError, LocalPathPolicy
 from .registry import UnknownPipelineError
 from .service import PipelineService, PipelineStatus
 from .stream import Stream, StreamSink
+from .worker import Worker, WorkerStatus
 
 __all__ = [
     "ForbiddenPathError",
@@ -32,4 +33,6 @@ __all__ = [
     "UnknownPipelineError",
     "UnsupportedModeError",
     "WeightedPrompt",
+    "Worker",
+    "WorkerStatus",
 ]

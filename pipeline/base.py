@@ -117,6 +117,13 @@ class Pipeline(ABC):
 
     def __init__(self, params: LoadParams) -> None:
         self.params = params
+        self.assigned_device: str | None = None
+
+    def use_device(self, device: str) -> None:
+        """Called before `load` with the device of the worker this copy runs on (`--devices
+        cuda:1,...`; a Ray worker's `cuda` or `cpu`). Pipelines that place tensors use it
+        wherever their load parameters leave the device to them ('auto')."""
+        self.assigned_device = device
 
     @classmethod
     def default_mode(cls) -> Mode:

@@ -1,34 +1,35 @@
-"""The shared pipeline service: one loaded pipeline, a worker thread, and every session's stream.
+"""The shared pipeline service: the loaded pipeline's id and state, and its workers.
+
+One worker per device (`--devices cuda:0,cuda:1`; by default one), or per Ray actor
+(`--backend ray`): each holds its own copy of the pipeline and the streams placed on it. A new
+session goes to the least-loaded worker that has the pipeline loaded and stays there (its
+state lives there); load/unload apply to every worker; status reports the overall state in
+Scope's shape, plus each worker.
 
 Threads: the event loop only calls the cheap, lock-guarded entry points (`load`, `status`,
-`open_stream`, `Stream.push/update/close`). The loader thread builds pipelines; the worker thread
-is the only caller of `Pipeline.process`. Results leave through each stream's sink.
+`open_stream`, `Stream.push/update/close`); each worker has a loader thread and a worker thread
+(pipeline/worker.py).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import defaultdict
-from collections.abc import Hashable
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
-import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from . import registry
-from .base import FrameRequest, LoadParams, Pipeline, PipelineError
+from .base import LoadParams, Pipeline
+from .engine import LocalEngine
 from .errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
-from .frames import InputFrame, OutputFrame
 from .params import Mode, ParameterUpdate
 from .paths import LocalPathPolicy
 from .stream import Stream, StreamSink
+from .worker import Engine, Status, Worker, WorkerStatus
 
 log = logging.getLogger(__name__)
-
-Status = Literal["not_loaded", "loading", "loaded", "error"]
 
 
 class PipelineStatus(BaseModel):
@@ -38,66 +39,42 @@ class PipelineStatus(BaseModel):
     error: str | None
     loading_stage: str | None
     progress: float | None
-
-
-@dataclass
-class _Work:
-    stream: Stream
-    mode: Mode
-    sources: list[InputFrame] | None
-    """The chunk of input frames, oldest first; None in text mode."""
-    collected: float
+    workers: list[WorkerStatus] = Field(default_factory=list)
+    """Beyond Scope: each pipeline worker (device or Ray actor), its state and load."""
 
 
 class PipelineService:
-    def __init__(self, *, text_fps: float = 20.0, idle_wait_s: float = 0.5,
-                 path_policy: LocalPathPolicy | None = None) -> None:
+    def __init__(self, *, devices: Sequence[str | None] | None = None,
+                 engines: Sequence[Engine] | None = None, text_fps: float = 20.0,
+                 idle_wait_s: float = 0.5, path_policy: LocalPathPolicy | None = None) -> None:
+        """`devices`: one local worker per entry (None: the pipeline picks, as with one
+        device). `engines`: workers on engines built elsewhere (the Ray backend's actors)."""
         self.text_fps = text_fps
         self.path_policy = path_policy or LocalPathPolicy()
-        self._idle_wait = idle_wait_s
-        self._cond = threading.Condition()
-        self._run_lock = threading.Lock()  # held while a pipeline processes or is swapped
-        self._streams: list[Stream] = []
-        self._pipeline: Pipeline | None = None
-        self._first_chunk = 1  # frames the loaded pipeline takes on a session's first call
-        self._status: Status = "not_loaded"
+        if engines is None:
+            engines = [LocalEngine(device) for device in (devices or [None])]
+        if not engines:
+            raise ValueError("a pipeline service needs at least one worker")
+        self.workers = [Worker(index, engine, text_fps=text_fps, idle_wait_s=idle_wait_s)
+                        for index, engine in enumerate(engines)]
+        self._lock = threading.Lock()
         self._pipeline_id: str | None = None
         self._load_params: LoadParams | None = None
-        self._error: str | None = None
-        self._stage: str | None = None
-        self._progress: float | None = None
-        self._loader: threading.Thread | None = None
-        self._worker: threading.Thread | None = None
-        self._stopping = False
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._run, name="pipeline-worker", daemon=True)
-            self._worker.start()
+        for worker in self.workers:
+            worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        for thread in (self._worker, self._loader):
-            if thread is not None:
-                thread.join(timeout)
-        with self._run_lock:
-            if self._pipeline is not None:
-                self._pipeline.close()
-                self._pipeline = None
-
-    def wake(self) -> None:
-        self._ensure_worker()
-        with self._cond:
-            self._cond.notify_all()
+        for worker in self.workers:
+            worker.stop(timeout)
 
     # --- loading ------------------------------------------------------------------------------
 
     def load(self, pipeline_id: str, load_params: dict[str, Any] | None = None) -> None:
-        """Validate and start loading; status is `loading` when this returns.
+        """Validate and start loading on every worker; status is `loading` when this returns.
 
         Raises UnknownPipelineError, pydantic.ValidationError, ForbiddenPathError,
         LoadInProgressError."""
@@ -105,111 +82,83 @@ class PipelineService:
         params = cls.Params.model_validate(load_params or {})
         for ref in params.local_refs():
             self.path_policy.check(ref)
-        with self._cond:
-            if (self._status in ("loading", "loaded") and self._pipeline_id == pipeline_id
-                    and self._load_params == params):
+        with self._lock:
+            same = self._pipeline_id == pipeline_id and self._load_params == params
+            if same and all(w.state in ("loading", "loaded") for w in self.workers):
                 # The same load again (after defaults; unknown keys are dropped) joins the
                 # running one, or is a no-op: Scope's app posts it twice per Start.
                 return
-            if self._status == "loading":
+            if not same and any(w.state == "loading" for w in self.workers):
                 raise LoadInProgressError(
                     f"Pipeline {self._pipeline_id!r} is loading; try again when it is done.")
-            self._status, self._error = "loading", None
             self._pipeline_id, self._load_params = pipeline_id, params
-            self._stage, self._progress = "waiting for the frames in flight", 0.0
-            self._loader = threading.Thread(target=self._load, args=(cls, params),
-                                            name=f"pipeline-load-{pipeline_id}", daemon=True)
-            self._loader.start()
+            for worker in self.workers:
+                if not (same and worker.state in ("loading", "loaded")):
+                    worker.begin_load(cls, params)  # the same load retries where it failed
 
     def unload(self) -> None:
-        """Free the loaded pipeline (GPU memory included); its sessions get stream_stopped.
-        Raises LoadInProgressError while a load runs."""
-        with self._cond:
-            if self._status == "loading":
+        """Free the loaded pipeline on every worker (GPU memory included); sessions get
+        stream_stopped. Raises LoadInProgressError while a load runs."""
+        with self._lock:
+            if any(w.state == "loading" for w in self.workers):
                 raise LoadInProgressError("A pipeline is loading; unload it when it is done.")
-            self._status, self._error, self._progress, self._stage = "not_loaded", None, None, None
             self._pipeline_id, self._load_params = None, None
-            streams = list(self._streams)
-            self._streams.clear()
-        for stream in streams:
-            stream.sink.on_stopped("The pipeline was unloaded.")
-        with self._run_lock:  # after the batch in flight
-            pipeline, self._pipeline = self._pipeline, None
-            if pipeline is not None:
-                pipeline.close()
+        for worker in self.workers:
+            worker.unload()
 
     def load_blocking(self, pipeline_id: str, load_params: dict[str, Any] | None = None,
                       timeout: float | None = None) -> PipelineStatus:
-        """Load and wait for the outcome (for start-up, tests and benchmarks)."""
+        """Load and wait for the outcome on every worker (start-up, tests, benchmarks)."""
         self.load(pipeline_id, load_params)
-        loader = self._loader
-        if loader is not None:
-            loader.join(timeout)
+        for worker in self.workers:
+            worker.join_loader(timeout)
         return self.status()
 
-    def _load(self, cls: type[Pipeline], params: LoadParams) -> None:
-        with self._run_lock:  # waits for a batch in flight; frees the old model first
-            old, self._pipeline = self._pipeline, None
-            if old is not None:
-                self._set_progress(0.0, "unloading previous pipeline")
-                old.close()
-        try:
-            self._set_progress(0.0, f"preparing {cls.id}")  # until the pipeline reports its own
-            pipeline = cls(params)
-            pipeline.load(self._set_progress)
-        except Exception as exc:  # any failure becomes a status the user can read
-            message = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
-            log.exception("loading pipeline %s failed", cls.id)
-            with self._cond:
-                self._status, self._error = "error", message
-                self._stage, self._progress = None, None
-                streams = list(self._streams)
-                self._streams.clear()
-            for stream in streams:
-                stream.sink.on_stopped(f"Pipeline {cls.id!r} failed to load: {message}")
-            return
-        with self._cond:
-            if self._stopping:
-                pipeline.close()
-                return
-            self._pipeline = pipeline
-            self._first_chunk = pipeline.frames_per_call(None)
-            self._status, self._stage, self._progress = "loaded", None, 1.0
-            # Receive-only sessions cannot continue on a pipeline without a text mode.
-            stranded = [s for s in self._streams if not s.offers_video and "text" not in cls.modes]
-            for stream in stranded:
-                self._streams.remove(stream)
-            self._cond.notify_all()
-        for stream in stranded:
-            stream.sink.on_stopped(f"Pipeline {cls.id!r} has no text mode; this session sends "
-                                   "no video. Reconnect with a video input.")
-        log.info("pipeline %s loaded", cls.id)
-
-    def _set_progress(self, fraction: float, stage: str) -> None:
-        with self._cond:
-            self._progress = max(0.0, min(1.0, float(fraction)))
-            self._stage = stage
+    def adopt_remote(self) -> None:
+        """Ray workers that other fronts loaded already: take their pipeline as ours."""
+        for worker in self.workers:
+            describe = getattr(worker.engine, "describe", None)
+            info = describe() if describe else None
+            if not info or not info.get("loaded"):
+                continue
+            pipeline_id, raw = info["loaded"]
+            cls = registry.get(pipeline_id)
+            params = cls.Params.model_validate(raw)
+            with self._lock:
+                if self._pipeline_id is None:
+                    self._pipeline_id, self._load_params = pipeline_id, params
+            if self._pipeline_id == pipeline_id:
+                worker.adopt(cls, params, int(info.get("first_frames") or 1))
 
     def status(self) -> PipelineStatus:
-        with self._cond:
-            return PipelineStatus(
-                status=self._status,
-                pipeline_id=self._pipeline_id,
-                load_params=None if self._load_params is None else self._load_params.model_dump(),
-                error=self._error,
-                loading_stage=self._stage if self._status == "loading" else None,
-                progress=self._progress if self._status in ("loading", "loaded") else None,
-            )
+        workers = [w.status() for w in self.workers]
+        states = [w.status for w in workers]
+        error: str | None = None
+        progress: float | None = None
+        stage: str | None = None
+        if "loaded" in states:  # sessions can start: on the loaded workers
+            status, progress = "loaded", 1.0
+        elif "loading" in states:
+            status = "loading"
+            progress = sum(w.progress or 0.0 for w in workers) / len(workers)
+            stage = next(w.loading_stage for w in workers if w.status == "loading")
+        elif "error" in states:
+            status = "error"
+            error = _summary([w for w in workers if w.status == "error"], len(workers))
+        else:
+            status = "not_loaded"
+        with self._lock:
+            pipeline_id, params = self._pipeline_id, self._load_params
+        return PipelineStatus(
+            status=status, pipeline_id=pipeline_id,
+            load_params=None if params is None else params.model_dump(), error=error,
+            loading_stage=stage, progress=progress, workers=workers)
 
     @property
     def pipeline_class(self) -> type[Pipeline] | None:
         """The class of the pipeline loaded or loading, if any."""
-        return registry.get(self._pipeline_id) if self._pipeline_id else None
-
-    @property
-    def first_chunk_frames(self) -> int:
-        """Input frames the loaded pipeline takes on a session's first call (or after a reset)."""
-        return self._first_chunk
+        pipeline_id = self._pipeline_id
+        return registry.get(pipeline_id) if pipeline_id else None
 
     def defaults_for(self, mode: Mode) -> ParameterUpdate:
         cls = self.pipeline_class
@@ -220,190 +169,43 @@ class PipelineService:
 
     def open_stream(self, sink: StreamSink, *, offers_video: bool,
                     initial: ParameterUpdate | None = None) -> Stream:
-        """Attach a session. Raises NotLoadedError, LoadingError, UnsupportedModeError."""
-        with self._cond:
-            if self._status == "loading":
-                raise LoadingError("Pipeline is loading; retry shortly.")
-            if self._status != "loaded" or self._pipeline is None:
-                reason = f" The last load failed: {self._error}" if self._error else ""
+        """Attach a session to the least-loaded worker with the pipeline loaded. Raises
+        NotLoadedError, LoadingError, UnsupportedModeError."""
+        with self._lock:
+            ready = [w for w in self.workers if w.state == "loaded"]
+            if not ready:
+                if any(w.state == "loading" for w in self.workers):
+                    raise LoadingError("Pipeline is loading; retry shortly.")
+                errors = [w.error for w in self.workers if w.error]
+                reason = f" The last load failed: {errors[0]}" if errors else ""
                 raise NotLoadedError("Pipeline not loaded. Please load pipeline first." + reason)
-            modes = type(self._pipeline).modes
+            cls = ready[0].pipeline_class
+            assert cls is not None
             wanted = initial.input_mode if initial else None
-            if wanted is not None and wanted not in modes:
+            if wanted is not None and wanted not in cls.modes:
                 raise UnsupportedModeError(
-                    f"Pipeline {self._pipeline_id!r} does not support input_mode {wanted!r} "
-                    f"(supported: {', '.join(modes)}).")
-            if not offers_video and "text" not in modes:
+                    f"Pipeline {cls.id!r} does not support input_mode {wanted!r} "
+                    f"(supported: {', '.join(cls.modes)}).")
+            if not offers_video and "text" not in cls.modes:
                 raise UnsupportedModeError(
-                    f"Pipeline {self._pipeline_id!r} needs input video (it has no text mode); "
+                    f"Pipeline {cls.id!r} needs input video (it has no text mode); "
                     "send a video track.")
-            stream = Stream(self, sink, offers_video=offers_video, initial=initial)
-            stream.window.set_capacity(self._first_chunk)
-            self._streams.append(stream)
-            self._cond.notify_all()
-            return stream
-
-    def detach(self, stream: Stream) -> None:
-        with self._cond:
-            if stream in self._streams:
-                self._streams.remove(stream)
+            worker = min(ready, key=lambda w: (w.stream_count, w.index))
+            return worker.attach(sink, offers_video=offers_video, initial=initial)
 
     @property
     def stream_count(self) -> int:
-        with self._cond:
-            return len(self._streams)
+        return sum(w.stream_count for w in self.workers)
 
-    # --- the worker ---------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                work, pipeline = self._wait_for_work()
-            if pipeline is None:
-                return
-            try:
-                with self._run_lock:
-                    if self._pipeline is pipeline:  # not swapped out while we waited
-                        self._process(pipeline, work)
-            except BaseException as exc:
-                log.exception("pipeline worker caught %s", type(exc).__name__)
-                self._fail([item.stream for item in work],
-                           f"Pipeline worker crashed: {type(exc).__name__}: {exc}")
-
-    def _ensure_worker(self) -> None:
-        """Restart the worker if it died anyway (it should not: `_run` catches everything)."""
-        worker = self._worker
-        if worker is not None and not worker.is_alive() and not self._stopping:
-            log.error("pipeline worker died; restarting it")
-            self._worker = None
-            self.start()
-
-    def _wait_for_work(self) -> tuple[list[_Work], Pipeline | None]:
-        """Block (holding the condition) until some stream has work. (_, None) means stop."""
-        while not self._stopping:
-            now = time.monotonic()
-            timeout = self._idle_wait
-            if self._status == "loaded" and self._pipeline is not None:
-                work, next_due = self._collect(self._pipeline, now)
-                if work:
-                    return work, self._pipeline
-                if next_due is not None:
-                    timeout = min(timeout, max(0.0, next_due - now))
-            self._cond.wait(timeout)
-        return [], None
-
-    def _collect(self, pipeline: Pipeline, now: float) -> tuple[list[_Work], float | None]:
-        modes = type(pipeline).modes
-        work: list[_Work] = []
-        next_due: float | None = None
-        for stream in self._streams:
-            mode = stream.resolve_mode(modes, now)
-            if mode == "video":
-                fresh = stream.state_owner is not pipeline or stream.params.reset_pending
-                stream.stats.dropped(stream.window.set_capacity(
-                    pipeline.frames_per_call(None if fresh else stream.state)))
-                sources = stream.window.take()
-                if sources is not None:
-                    work.append(_Work(stream, mode, sources, now))
-            elif mode == "text":
-                stream.window.clear()  # input is not used in text mode
-                if now >= stream.next_due:
-                    work.append(_Work(stream, mode, None, now))
-                next_due = stream.next_due if next_due is None else min(next_due, stream.next_due)
-        return work, next_due
-
-    def _process(self, pipeline: Pipeline, work: list[_Work]) -> None:
-        groups: dict[Hashable, list[tuple[_Work, FrameRequest]]] = defaultdict(list)
-        for item in work:
-            stream = item.stream
-            if stream.params.paused:
-                self._repeat_last(item)
-                continue
-            try:
-                request = self._request(pipeline, item)
-            except Exception as exc:  # noqa: BLE001 - a broken frame stops only its session
-                self._fail([stream], f"Could not read the input frame: {exc}")
-                continue
-            groups[pipeline.batch_key(request)].append((item, request))
-        for group in groups.values():
-            for start in range(0, len(group), pipeline.max_batch_size):
-                self._run_batch(pipeline, group[start:start + pipeline.max_batch_size])
-
-    def _request(self, pipeline: Pipeline, item: _Work) -> FrameRequest:
-        stream = item.stream
-        params = stream.params.snapshot(self.defaults_for(item.mode))
-        if stream.state_owner is not pipeline or params.reset_cache:
-            stream.state, stream.state_owner = pipeline.new_state(), pipeline
-        frames = None if item.sources is None else np.stack([s.decode() for s in item.sources])
-        size = frames.shape[1:3] if frames is not None else (pipeline.params.height,
-                                                             pipeline.params.width)
-        return FrameRequest(frames=frames, size=(int(size[0]), int(size[1])), params=params,
-                            state=stream.state, index=stream.produced)
-
-    def _run_batch(self, pipeline: Pipeline, batch: list[tuple[_Work, FrameRequest]]) -> None:
-        started = time.perf_counter()
-        try:
-            outputs = pipeline.process([request for _, request in batch])
-            if len(outputs) != len(batch):
-                raise PipelineError(f"returned {len(outputs)} outputs for {len(batch)} requests")
-            chunks = [_as_chunk(output) for output in outputs]
-        except Exception as exc:
-            log.exception("pipeline %s failed on a batch of %d", pipeline.id, len(batch))
-            detail = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
-            self._fail([item.stream for item, _ in batch], f"Pipeline error: {detail}")
-            return
-        elapsed = time.perf_counter() - started
-        now = time.monotonic()
-        for (item, _), chunk in zip(batch, chunks, strict=True):
-            stream = item.stream
-            frames = stream.stamp(chunk, item.sources, now)
-            stream.produced += len(frames)
-            stream.last_output = frames[-1]
-            stream.stats.dropped(stream.window.set_capacity(pipeline.frames_per_call(stream.state)))
-            if item.sources is None:  # text mode: the next call is due when this chunk has played
-                stream.next_due = max(stream.next_due + len(frames) / self.text_fps,
-                                      item.collected)
-            stream.stats.produced(_latencies(frames, now, item.sources is not None), elapsed,
-                                  chunk_wait_s=_chunk_wait(item.sources))
-            if not stream.closed:
-                stream.sink.on_frames(frames)
-
-    def _repeat_last(self, item: _Work) -> None:
-        """Paused: the output repeats the last frame, at the input's pace."""
-        stream = item.stream
-        count = 1 if item.sources is None else len(item.sources)
-        if item.sources is None:
-            stream.next_due = max(stream.next_due + count / self.text_fps, item.collected)
-        if stream.last_output is not None and not stream.closed:
-            stream.sink.on_frames(stream.stamp([stream.last_output.image] * count, item.sources,
-                                               time.monotonic()))
-
-    def _fail(self, streams: list[Stream], message: str) -> None:
-        for stream in streams:
-            self.detach(stream)
-            stream.sink.on_stopped(message)
+    @property
+    def capacity_workers(self) -> int:
+        """Workers that can take sessions now (at least 1, for the limit's arithmetic)."""
+        return max(1, sum(w.state == "loaded" for w in self.workers))
 
 
-def _as_chunk(output: object) -> list[np.ndarray]:
-    """A pipeline's output for one request as a list of H×W×3 uint8 RGB frames."""
-    if isinstance(output, np.ndarray) and output.dtype == np.uint8 and output.shape[-1:] == (3,):
-        if output.ndim == 3:
-            return [output]
-        if output.ndim == 4 and output.shape[0] >= 1:
-            return list(output)
-    raise PipelineError("a pipeline must return an H×W×3 image or a T×H×W×3 chunk, uint8 RGB")
-
-
-def _latencies(frames: list[OutputFrame], now: float, video: bool) -> list[float | None]:
-    """Each frame's latency from its input's arrival to when the paced output releases it (a
-    chunk's later frames leave later, at the input's frame spacing)."""
-    first = frames[0]
-    return [None if not video or f.source_arrived is None else
-            now + float((f.pts - first.pts) * f.time_base) - f.source_arrived for f in frames]
-
-
-def _chunk_wait(sources: list[InputFrame] | None) -> float | None:
-    """How long the chunk's first frame waited for the rest of the chunk."""
-    if not sources or len(sources) < 2:
-        return None
-    return sources[-1].arrived - sources[0].arrived
+def _summary(failed: list[WorkerStatus], total: int) -> str | None:
+    if total == 1:
+        return failed[0].error
+    first = failed[0]
+    return f"{len(failed)} of {total} workers failed; worker {first.index} ({first.device}): " \
+           f"{first.error}"

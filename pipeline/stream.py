@@ -7,14 +7,13 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .base import Pipeline
 from .errors import UnsupportedModeError
 from .frames import CLOCK_RATE, CLOCK_TIME_BASE, FrameWindow, InputFrame, OutputFrame
 from .params import Mode, ParameterState, ParameterUpdate
 from .stats import StreamStats
 
 if TYPE_CHECKING:
-    from .service import PipelineService
+    from .worker import Worker
 
 AUTO_TEXT_GRACE_S = 1.5
 """With no `input_mode`, a client that offered video but has sent no frame for this long gets
@@ -34,12 +33,12 @@ class StreamSink(Protocol):
 
 
 class Stream:
-    """Created by `PipelineService.open_stream`; one per session."""
+    """Created by `PipelineService.open_stream`; one per session, pinned to one worker."""
 
-    def __init__(self, service: PipelineService, sink: StreamSink, *, offers_video: bool,
+    def __init__(self, worker: Worker, sink: StreamSink, *, offers_video: bool,
                  initial: ParameterUpdate | None = None) -> None:
         self.id = uuid.uuid4().hex
-        self.service = service
+        self.worker = worker
         self.sink = sink
         self.offers_video = offers_video
         self.params = ParameterState(initial)
@@ -48,8 +47,8 @@ class Stream:
         self.opened = time.monotonic()
         self.closed = False
         # Below: touched by the worker thread only.
-        self.state: Any = None
-        self.state_owner: Pipeline | None = None
+        self.generation = -1  # the worker's load it last ran on (its state is per load)
+        self.next_frames = 1  # what its next video call consumes, as the engine said
         self.produced = 0
         self.last_output: OutputFrame | None = None
         self.next_due = 0.0
@@ -63,26 +62,26 @@ class Stream:
         is full (counted as a drop)."""
         self._seen_input = True
         self.stats.received(dropped=self.window.put(frame))
-        self.service.wake()
+        self.worker.wake()
 
     def update(self, update: ParameterUpdate) -> None:
         """Merge a validated parameter update; it applies from the next frame. Raises
         UnsupportedModeError (changing nothing) for an input_mode the pipeline lacks."""
-        cls = self.service.pipeline_class
+        cls = self.worker.pipeline_class
         if update.input_mode is not None and cls is not None and update.input_mode not in cls.modes:
             raise UnsupportedModeError(f"Pipeline {cls.id!r} has no {update.input_mode!r} mode "
                                        f"(supported: {', '.join(cls.modes)}).")
         if update.reset_cache:  # the next call is a first call again: make room for its chunk
-            self.stats.dropped(self.window.set_capacity(self.service.first_chunk_frames))
+            self.stats.dropped(self.window.set_capacity(self.worker.first_chunk_frames))
         self.params.apply(update)
-        self.service.wake()
+        self.worker.wake()
 
     def effective_parameters(self) -> dict[str, Any]:
-        return self.params.effective(self.service.defaults_for(self.mode_hint()))
+        return self.params.effective(self.worker.defaults_for(self.mode_hint()))
 
     def close(self) -> None:
         self.closed = True
-        self.service.detach(self)
+        self.worker.detach(self)
 
     # --- used by the worker -------------------------------------------------------------------
 
@@ -110,7 +109,7 @@ class Stream:
             return [OutputFrame(image=image, pts=int(s.pts), time_base=s.time_base,  # type: ignore[arg-type]
                                 source_arrived=s.arrived)
                     for image, s in zip(images, sources, strict=True)]
-        step = max(1, round(CLOCK_RATE / self.service.text_fps))
+        step = max(1, round(CLOCK_RATE / self.worker.text_fps))
         first = max(int((now - self.opened) * CLOCK_RATE), self._last_pts + step)
         arrived = sources[-1].arrived if sources else None
         frames = [OutputFrame(image=image, pts=first + i * step, time_base=CLOCK_TIME_BASE,

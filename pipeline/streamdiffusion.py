@@ -185,6 +185,11 @@ class StreamDiffusionPipeline(Pipeline):
         self._schedules: dict[tuple[int, ...], _Schedule] = {}
         self._uncond: torch.Tensor | None = None
 
+    def use_device(self, device: str) -> None:
+        super().use_device(device)
+        if self.params.device == "auto":  # an explicit device in load_params wins
+            self.device, self.dtype = _resolve_device(device, self.params.dtype)
+
     @classmethod
     def mode_defaults(cls) -> dict[Mode, ParameterUpdate]:
         # Both modes default to 2 steps so that video and text sessions share UNet calls.
@@ -440,11 +445,12 @@ def _session(request: FrameRequest) -> _Session:
 def _resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise PipelineError("device 'cuda' was requested but CUDA is not available (no GPU, or a "
                             "CPU-only torch build); load with device 'auto' or 'cpu'.")
     if dtype == "auto":
-        return torch.device(device), torch.float16 if device == "cuda" else torch.float32
+        return torch.device(device), (torch.float16 if device.startswith("cuda")
+                                      else torch.float32)
     return torch.device(device), getattr(torch, dtype)
 
 

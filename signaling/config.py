@@ -6,6 +6,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -30,6 +31,12 @@ class ServerSettings(BaseModel):
     data_dir: Path | None = None
     """Where small per-user state lives (onboarding status); default: `default_data_dir()`."""
     recording: RecordingLimits = Field(default_factory=RecordingLimits)
+    devices: list[str] | None = None
+    """One pipeline worker per device (`cuda:0`, `cuda:1`, `cpu`); None: one, the default."""
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    ray_workers: int | None = Field(default=None, ge=1)
+    ray_gpus_per_worker: float | None = Field(default=None, ge=0)
 
     def cors_origin_regex(self) -> str:
         extra = [re.escape(o.rstrip("/")) for o in self.cors_origins if o != "*"]

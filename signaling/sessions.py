@@ -36,11 +36,12 @@ class SessionRegistry:
 
     @property
     def max_sessions(self) -> int:
-        """--max-sessions when given, else what the loaded pipeline can serve."""
+        """--max-sessions when given, else what the loaded pipeline can serve on each worker
+        times the workers that have it loaded."""
         if self._max_sessions is not None:
             return self._max_sessions
         cls = self.service.pipeline_class
-        return cls.max_sessions if cls is not None else 8
+        return (cls.max_sessions if cls is not None else 8) * self.service.capacity_workers
 
     def __len__(self) -> int:
         return len(self._sessions)

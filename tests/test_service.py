@@ -157,7 +157,8 @@ def test_a_pipeline_that_would_end_the_worker_thread_does_not(
     stream.push(frame(1))
     doomed.wait()
     assert doomed.stopped and "SystemExit" in doomed.stopped[0]
-    assert service._worker is not None and service._worker.is_alive()
+    thread = service.workers[0]._thread
+    assert thread is not None and thread.is_alive()
     service.open_stream(later, offers_video=True).push(frame(2))
     later.wait()
     assert len(later.frames) == 1
@@ -213,17 +214,19 @@ def test_stop_joins_the_worker() -> None:
     svc.start()
     svc.load_blocking("passthrough")
     svc.stop(timeout=5)
-    assert not any(t.name == "pipeline-worker" and t.is_alive() for t in threading.enumerate())
+    assert not any(t.name.startswith("pipeline-worker") and t.is_alive()
+                   for t in threading.enumerate())
 
 
 def test_unload_frees_the_pipeline_and_stops_its_sessions(service: PipelineService) -> None:
     service.load_blocking("test-invert")
     sink = RecordingSink()
     service.open_stream(sink, offers_video=True)
-    pipeline = service._pipeline
+    pipeline = service.workers[0].engine.pipeline
     service.unload()
     assert sink.stopped == ["The pipeline was unloaded."]
-    assert service.status().status == "not_loaded" and service._pipeline is None
+    assert service.status().status == "not_loaded"
+    assert service.workers[0].engine.pipeline is None
     assert pipeline is not None
     with pytest.raises(NotLoadedError):
         service.open_stream(RecordingSink(), offers_video=True)

@@ -1,0 +1,183 @@
+"""The Ray backend on a local cluster on loopback (no GPU): two CPU pipeline workers as actors.
+
+One cluster for the whole module (starting one takes seconds). Service-level tests name their
+actors uniquely so that no state carries over between tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+
+import httpx
+import numpy as np
+import pytest
+import ray
+
+from pipeline import InputFrame, PipelineService, Stream
+from pipeline.ray_backend import NAMESPACE, start_engines
+from signaling.client import LiveV2VClient, NumberedFrames, read_number
+from tests.conftest import serve_in_thread
+from tests.pipelines import RecordingSink
+from tests.worker_pipelines import DevicePipeline  # noqa: F401 - registers test-device
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             namespace=NAMESPACE, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_service(cluster: None) -> Iterator[PipelineService]:
+    service = _front(f"t{uuid.uuid4().hex[:8]}")
+    yield service
+    service.stop()
+    for worker in service.workers:
+        ray.kill(worker.engine.actor)  # type: ignore[attr-defined]
+
+
+def _front(prefix: str) -> PipelineService:
+    """A front: a pipeline service on the actors `prefix-0`, `prefix-1` (made or joined)."""
+    engines = start_engines(workers=2, gpus_per_worker=0, name_prefix=prefix)
+    service = PipelineService(engines=engines, text_fps=50)
+    service.adopt_remote()
+    service.start()
+    return service
+
+
+def frame(value: int, pts: int, size: int = 32) -> InputFrame:
+    image = np.full((size, size, 3), value, np.uint8)
+    return InputFrame(decode=lambda: image, pts=pts, time_base=Fraction(1, 90_000),
+                      arrived=time.monotonic())
+
+
+def wait_for(condition: Callable[[], bool], what: str, feed: Callable[[], None],
+             timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        feed()
+        time.sleep(0.02)
+
+
+def feeder(streams: list[Stream], value: int = 10) -> Callable[[], None]:
+    counter = iter(range(1, 10**9))
+
+    def feed() -> None:
+        pts = next(counter) * 3000
+        for stream in streams:
+            stream.push(frame(value, pts))
+    return feed
+
+
+def marker(sink: RecordingSink, index: int = -1) -> tuple[int, int, int]:
+    """(batch size, calls of that copy, actor pid mod 256) from an output frame."""
+    return tuple(int(v) for v in sink.frames[index].image[0, 0])  # type: ignore[return-value]
+
+
+def test_placement_and_batching_on_ray_workers(ray_service: PipelineService) -> None:
+    status = ray_service.load_blocking("test-device", {"delay_s": 0.05}, timeout=120)
+    assert status.status == "loaded", status
+    assert [w.status for w in status.workers] == ["loaded", "loaded"]
+    sinks = [RecordingSink() for _ in range(4)]
+    streams = [ray_service.open_stream(s, offers_video=True) for s in sinks]
+    assert [s.worker.index for s in streams] == [0, 1, 0, 1]
+    feed = feeder(streams)
+    wait_for(lambda: all(s.frames and marker(s)[0] == 2 for s in sinks),
+             "each worker to batch its two sessions", feed)
+    pids = {marker(s)[2] for s in sinks}
+    assert len(pids) == 2 and os.getpid() % 256 not in pids  # two actor processes did the work
+    assert all(int(s.frames[-1].image[1, 1, 0]) == 245 for s in sinks)  # inverted, uint8
+    workers = ray_service.status().workers
+    assert all(w.sessions == 2 and w.fps_out > 0 and w.overhead_ms is not None for w in workers)
+
+
+def test_a_pipeline_swap_while_sessions_stream(ray_service: PipelineService) -> None:
+    ray_service.load_blocking("test-device", {"delay_s": 0}, timeout=120)
+    sinks = [RecordingSink() for _ in range(2)]
+    streams = [ray_service.open_stream(s, offers_video=True) for s in sinks]
+    feed = feeder(streams)
+    wait_for(lambda: all(s.frames for s in sinks), "frames before the swap", feed)
+    assert all(int(s.frames[-1].image[1, 1, 0]) == 245 for s in sinks)
+    ray_service.load("passthrough")
+    wait_for(lambda: all(int(s.frames[-1].image[1, 1, 0]) == 10 for s in sinks),
+             "frames from the new pipeline", feed)
+    assert not any(s.stopped for s in sinks)
+    assert ray_service.status().pipeline_id == "passthrough"
+
+
+def test_two_fronts_share_the_workers_and_their_batches(cluster: None) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    first = _front(prefix)
+    second = None
+    try:
+        first.load_blocking("test-device", {"delay_s": 0.05}, timeout=120)
+        second = _front(prefix)  # joins the same actors and adopts what they have loaded
+        assert second.status().status == "loaded"
+        assert second.status().pipeline_id == "test-device"
+        sinks = [RecordingSink(), RecordingSink()]
+        streams = [first.open_stream(sinks[0], offers_video=True),
+                   second.open_stream(sinks[1], offers_video=True)]
+        assert [s.worker.index for s in streams] == [0, 0]  # each front's least-loaded worker
+        feed = feeder(streams)
+        wait_for(lambda: any(marker(s, i)[0] == 2 for s in sinks for i in range(len(s.frames))),
+                 "one batch holding both fronts' sessions", feed)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        for worker in first.workers:
+            ray.kill(worker.engine.actor)  # type: ignore[attr-defined]
+
+
+async def test_sessions_through_ray_and_a_killed_worker(cluster: None) -> None:
+    """WebRTC sessions end to end through the app with --backend ray: frames come back processed
+    by an actor; killing one actor's process stops its session with a reason within seconds,
+    the other session and the server carry on, and the stopped client reconnects."""
+    with serve_in_thread(pipeline="test-device", load_params={"delay_s": 0},
+                         backend="ray", ray_workers=2, ray_gpus_per_worker=0) as server:
+        service: PipelineService = server.app.state.service
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            status = (await http.get("/api/v1/pipeline/status")).json()
+        assert status["status"] == "loaded"
+        assert [w["status"] for w in status["workers"]] == ["loaded", "loaded"]
+        clients = [LiveV2VClient(server.url), LiveV2VClient(server.url)]
+        tracks = [NumberedFrames(size=128, fps=20), NumberedFrames(size=128, fps=20)]
+        try:
+            for client, track in zip(clients, tracks, strict=True):
+                await client.connect(track, {"prompts": [{"text": "x", "weight": 1.0}]})
+            for client, track in zip(clients, tracks, strict=True):
+                for _ in range(3):
+                    image = (await client.recv(timeout_s=30)).to_ndarray(format="rgb24")
+                # The actor inverted the number the client drew.
+                assert read_number(255 - image) in track.sent
+            assert [w.stream_count for w in service.workers] == [1, 1]
+
+            victim = service.workers[0]
+            pid = victim.engine.describe()["pid"]  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+            stopped = await clients[0].message("stream_stopped", timeout_s=30)
+            assert "died" in stopped["error_message"] or "restarted" in stopped["error_message"]
+            for _ in range(5):  # the other worker's session carries on
+                await clients[1].recv(timeout_s=30)
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+                assert (await http.get("/health")).status_code == 200
+
+            await clients[0].close()
+            clients[0] = LiveV2VClient(server.url)
+            track = NumberedFrames(size=128, fps=20)
+            await clients[0].connect(track, {"prompts": [{"text": "x", "weight": 1.0}]})
+            image = (await clients[0].recv(timeout_s=30)).to_ndarray(format="rgb24")
+            assert read_number(255 - image) in track.sent
+        finally:
+            for client in clients:
+                await client.close()
+        for worker in service.workers:
+            ray.kill(worker.engine.actor)  # type: ignore[attr-defined]
