@@ -1,0 +1,171 @@
+"""Scaling benchmark: the same WebRTC sessions through one worker, two device workers, and two
+Ray actors, with glass-to-glass latency, frames/s per worker, and the per-frame cost of the hop.
+
+    python benchmarks/scaling.py --sessions 2 --size 512 --fps 20 --seconds 10
+    python benchmarks/scaling.py --modes ray --pipeline cpu-effect
+
+Modes: `local` (one worker, as by default), `devices` (`--devices cpu,cpu`: two workers in the
+server's process), `ray` (`--backend ray`: two CPU actors on a local Ray cluster on loopback).
+The server runs in this process (a background thread) and the aiortc clients in the main loop,
+as in benchmarks/transport.py, so client CPU and server CPU share the machine. The default
+pipeline is `passthrough`, whose own cost is nil: what remains is transport plus the hop. For
+Ray, `hop_ms` is each round's round trip minus the actor's own time (serialising uint8 frames,
+the object store, the call), per round (a round carries every ready session of a front).
+
+Prints one line per mode, then a JSON line with every figure and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app import serve_in_background  # noqa: E402
+from signaling.client import LiveV2VClient, NumberedFrames, read_number  # noqa: E402
+
+
+async def session(url: str, size: int, fps: float, seconds: float) -> dict[str, Any]:
+    """One client: numbered frames out, each returned frame's glass-to-glass time."""
+    source = NumberedFrames(size=size, fps=fps)
+    latencies: list[float] = []
+    seen: set[int] = set()
+    async with LiveV2VClient(url) as client:
+        await client.connect(source)
+        await client.recv(timeout_s=60)  # connected and flowing; measure from here
+        start, first_sent = time.monotonic(), len(source.sent)
+        while time.monotonic() - start < seconds:
+            frame = await client.recv(timeout_s=30)
+            now = time.monotonic()
+            number = read_number(frame.to_ndarray(format="rgb24"))
+            if number in source.sent and number not in seen:
+                seen.add(number)
+                latencies.append((now - source.sent[number]) * 1000.0)
+        elapsed = time.monotonic() - start
+        sent = len(source.sent) - first_sent
+        await client.stop()
+    return {"latencies": latencies, "received": len(seen), "sent": sent, "elapsed": elapsed}
+
+
+async def measure(url: str, sessions: int, size: int, fps: float,
+                  seconds: float) -> dict[str, Any]:
+    results = await asyncio.gather(*(session(url, size, fps, seconds) for _ in range(sessions)))
+    latencies = [x for r in results for x in r["latencies"]]
+    elapsed = max(r["elapsed"] for r in results)
+    return {"p50_ms": percentile(latencies, 0.5), "p95_ms": percentile(latencies, 0.95),
+            "received_fps_per_session": round(sum(r["received"] for r in results)
+                                              / elapsed / sessions, 2),
+            "sent_fps_per_session": round(sum(r["sent"] for r in results) / elapsed / sessions, 2)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {"host": "127.0.0.1", "port": free_port(),
+                                "pipeline": args.pipeline}
+    if mode == "devices":
+        settings["devices"] = ["cpu", "cpu"]
+    elif mode == "ray":
+        settings.update(backend="ray", ray_workers=2, ray_gpus_per_worker=0)
+    server = serve_in_background(**settings)
+    service = server.app.state.service
+    deadline = time.monotonic() + 120
+    while service.status().status != "loaded":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{mode}: pipeline did not load: {service.status()}")
+        time.sleep(0.1)
+    for worker in service.workers:
+        worker.overheads.clear()
+    rates: list[list[float]] = [[] for _ in service.workers]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(1.0):
+            for index, status in enumerate(service.status().workers):
+                if status.sessions:
+                    rates[index].append(status.fps_out)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = asyncio.run(measure(server.url.replace("localhost", "127.0.0.1"), args.sessions,
+                                     args.size, args.fps, args.seconds))
+    finally:
+        sampling.set()
+        sampler.join()
+        hops = [h for w in service.workers for h in w.overheads]
+        server.stop()
+    figures = {
+        "mode": mode, "workers": len(rates),
+        "g2g_p50_ms": result["p50_ms"], "g2g_p95_ms": result["p95_ms"],
+        "sent_fps_per_session": result["sent_fps_per_session"],
+        "received_fps_per_session": result["received_fps_per_session"],
+        "fps_per_worker": [round(statistics.mean(r), 2) if r else 0.0 for r in rates],
+        "hop_p50_ms": percentile(hops, 0.5), "hop_p95_ms": percentile(hops, 0.95),
+        "hop_rounds": len(hops),
+    }
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", default="local,devices,ray")
+    parser.add_argument("--sessions", type=int, default=2)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--fps", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--pipeline", default="passthrough")
+    args = parser.parse_args()
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    rows = []
+    for mode in modes:
+        if mode == "ray":
+            import ray
+
+            ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
+                     log_to_driver=False, namespace="livev2v", _node_ip_address="127.0.0.1")
+        row = run_mode(mode, args)
+        rows.append(row)
+        print(f"{mode:8s} g2g p50 {row['g2g_p50_ms']} ms p95 {row['g2g_p95_ms']} ms  "
+              f"fps/worker {row['fps_per_worker']}  hop p50 {row['hop_p50_ms']} ms "
+              f"p95 {row['hop_p95_ms']} ms", flush=True)
+        if mode == "ray":
+            import ray
+
+            ray.shutdown()
+    print(json.dumps({
+        "benchmark": "scaling", "pipeline": args.pipeline, "sessions": args.sessions,
+        "size": args.size, "fps": args.fps, "seconds": args.seconds, "results": rows,
+        "wire_mb_per_s_per_session": round(args.size * args.size * 3 * args.fps * 2 / 1e6, 1),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "load_1m": round(os.getloadavg()[0], 2)},
+    }))
+
+
+if __name__ == "__main__":
+    main()
