@@ -153,6 +153,12 @@ class WanVideoPipeline(Pipeline):
         self.dtype = resolve_dtype(self.params.dtype, self.device)
         self.vace_active = False
 
+    def use_device(self, device: str) -> None:
+        super().use_device(device)
+        if self.params.device == "auto":  # the worker's device (--devices); explicit wins
+            self.device = resolve_device(device)
+            self.dtype = resolve_dtype(self.params.dtype, self.device)
+
     # --- loading ------------------------------------------------------------------------------
 
     @classmethod
