@@ -88,7 +88,8 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     app.state.service, app.state.sessions, app.state.ice = service, sessions, ice
     app.state.stopping = ctx.stopping
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       larger={"/api/v1/assets": settings.asset_max_bytes})
     app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex(),
                        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
                        allow_headers=["*"], max_age=600)
@@ -244,6 +245,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder for small per-user state (Scope's onboarding status); "
                              "default: $LIVEV2V_DATA_DIR or ~/.local/share/livev2v")
+    parser.add_argument("--assets-dir", type=Path, default=None,
+                        help="folder of uploaded reference images (default: DATA_DIR/assets)")
+    parser.add_argument("--asset-max-mb", type=float, default=20.0,
+                        help="largest image upload (default 20 MB)")
     parser.add_argument("--recording-max-seconds", type=float, default=600.0,
                         help="server-side recordings stop at this duration (default 600)")
     parser.add_argument("--recording-max-mb", type=float, default=512.0,
@@ -287,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         max_sessions=args.max_sessions, session_time_limit_s=args.session_time_limit,
         root_path=args.root_path, api_key=args.api_key, models_dir=args.models_dir,
         data_dir=args.data_dir,
+        assets_dir=args.assets_dir, asset_max_bytes=int(args.asset_max_mb * 1024 * 1024),
         recording=RecordingLimits(max_seconds=args.recording_max_seconds,
                                   max_bytes=int(args.recording_max_mb * 1024 * 1024)),
         devices=args.devices, backend=args.backend, ray_address=args.ray_address,

@@ -37,6 +37,12 @@ class ServerSettings(BaseModel):
     ray_address: str | None = None
     ray_workers: int | None = Field(default=None, ge=1)
     ray_gpus_per_worker: float | None = Field(default=None, ge=0)
+    assets_dir: Path | None = None
+    """Uploaded reference images; default: `data_dir`/assets."""
+    asset_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+
+    def assets_folder(self) -> Path:
+        return self.assets_dir or (self.data_dir or default_data_dir()) / "assets"
 
     def cors_origin_regex(self) -> str:
         extra = [re.escape(o.rstrip("/")) for o in self.cors_origins if o != "*"]

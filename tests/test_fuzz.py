@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,10 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from pipeline.assets import AssetStore, safe_stem
 from signaling.messages import MessageError, parse_update
 from signaling.sdp import SdpError, check_offer, parse_candidate
 from tests.conftest import Server, serve_in_thread
 
+ASSETS_ROOT = Path(tempfile.mkdtemp(prefix="livev2v-fuzz-assets-"))
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 json_values = st.recursive(
@@ -69,8 +73,10 @@ def test_any_offer_text_is_accepted_or_an_sdp_error(sdp: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    with serve_in_thread(pipeline="passthrough") as srv:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # Files the routes write (onboarding state, assets) go to a temp folder, not $HOME.
+    with serve_in_thread(pipeline="passthrough",
+                         data_dir=tmp_path_factory.mktemp("fuzz-data")) as srv:
         yield srv
 
 
@@ -79,7 +85,8 @@ def server() -> Iterator[Server]:
     ("POST", "/api/v1/webrtc/offer"), ("PATCH", "/api/v1/webrtc/offer/x"),
     ("POST", "/api/v1/pipeline/load"), ("POST", "/api/v1/session/parameters"),
     ("PUT", "/api/v1/onboarding/status"), ("POST", "/api/v1/workflow/resolve"),
-    ("POST", "/api/v1/osc/inventory")]))
+    ("POST", "/api/v1/osc/inventory"), ("POST", "/api/v1/models/download"),
+    ("POST", "/api/v1/recordings/x/start"), ("POST", "/api/v1/assets?filename=a.png")]))
 def test_any_json_body_gets_a_4xx_json_error_or_success(server: Server, body: object,
                                                         route: tuple[str, str]) -> None:
     method, path = route
@@ -89,6 +96,27 @@ def test_any_json_body_gets_a_4xx_json_error_or_success(server: Server, body: ob
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         assert "detail" in r.json()
+
+
+@FUZZ
+@given(data=st.binary(max_size=3000), filename=st.text(max_size=80))
+def test_any_upload_is_stored_as_an_image_or_refused_with_a_4xx(server: Server, data: bytes,
+                                                                  filename: str) -> None:
+    r = httpx.post(f"{server.url}/api/v1/assets", params={"filename": filename}, content=data,
+                   timeout=10)
+    assert r.status_code in (200, 400, 413, 422), r.text
+    assert r.status_code == 200 or "detail" in r.json()
+
+
+@FUZZ
+@given(st.text(max_size=120))
+def test_no_name_reaches_outside_the_assets_folder(ref: str) -> None:
+    store = AssetStore(ASSETS_ROOT)
+    found = store.find(ref)
+    assert found is None or found.parent == ASSETS_ROOT.resolve()
+    stem = safe_stem(ref)
+    assert stem and "/" not in stem and "\\" not in stem and not stem.startswith(".")
+    assert len(stem) < 100
 
 
 def test_the_api_conforms_to_its_own_openapi_schema(server: Server) -> None:

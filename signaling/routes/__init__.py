@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 
 from ..auth import api_key_guard
 from . import (
+    assets,
     hardware,
     health,
     logs,
@@ -33,6 +34,7 @@ API_MODULES = [  # one per line: several people add modules here
     session,
     models,
     recordings,
+    assets,
     onboarding,
     workflow,
     hardware,
