@@ -58,7 +58,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     sessions = SessionRegistry(service, ice, max_sessions=settings.max_sessions,
                                connect_timeout_s=settings.connect_timeout_s,
                                time_limit_s=settings.session_time_limit_s,
-                               recording=settings.recording)
+                               recording=settings.recording, front_id=settings.front_id)
     release_frames_on_marker()  # one frame interval less latency per received frame
     use_live_encoder()  # VP8 settings for clean live video: half the encoder's CPU
     if local:
@@ -253,6 +253,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="server-side recordings stop at this duration (default 600)")
     parser.add_argument("--recording-max-mb", type=float, default=512.0,
                         help="server-side recordings stop at this size (default 512 MB)")
+    parser.add_argument("--front-id", default=env.get("LIVEV2V_FRONT_ID") or None,
+                        help="this front's name (letters, digits, _): session ids start with "
+                             "'NAME-' so that a load balancer can route a session's PATCH and "
+                             "DELETE to it (env LIVEV2V_FRONT_ID)")
     parser.add_argument("--devices", type=_device_list, default=None,
                         help="one pipeline worker per device, each with its own copy of the "
                              "pipeline, e.g. cuda:0,cuda:1 (default: one worker, the pipeline's "
@@ -295,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         assets_dir=args.assets_dir, asset_max_bytes=int(args.asset_max_mb * 1024 * 1024),
         recording=RecordingLimits(max_seconds=args.recording_max_seconds,
                                   max_bytes=int(args.recording_max_mb * 1024 * 1024)),
+        front_id=args.front_id,
         devices=args.devices, backend=args.backend, ray_address=args.ray_address,
         ray_workers=args.ray_workers, ray_gpus_per_worker=args.ray_gpus_per_worker,
     )

@@ -222,6 +222,7 @@ def start_engines(*, address: str | None = None, workers: int | None = None,
         actor = actor_class.options(
             name=name, namespace=NAMESPACE, get_if_exists=True, num_gpus=gpus_per_worker,
             num_cpus=1, max_concurrency=64, max_restarts=-1, max_task_retries=0,
+            lifetime="detached",  # shared by every front: outlives the one that made it
         ).remote(device)
         engines.append(RayEngine(actor, name))
     deadline = time.monotonic() + 120

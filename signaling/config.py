@@ -31,6 +31,8 @@ class ServerSettings(BaseModel):
     data_dir: Path | None = None
     """Where small per-user state lives (onboarding status); default: `default_data_dir()`."""
     recording: RecordingLimits = Field(default_factory=RecordingLimits)
+    front_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_]{0,31}$")
+    """Prefix of this front's session ids (`front2-<uuid>`), for load balancers."""
     devices: list[str] | None = None
     """One pipeline worker per device (`cuda:0`, `cuda:1`, `cpu`); None: one, the default."""
     backend: Literal["local", "ray"] = "local"

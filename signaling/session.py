@@ -60,8 +60,8 @@ class Session:
     def __init__(self, service: PipelineService, configuration: RTCConfiguration, *,
                  connect_timeout_s: float = 30.0, time_limit_s: float | None = None,
                  on_closed: Callable[[Session], None] | None = None,
-                 recording: RecordingLimits | None = None) -> None:
-        self.id = str(uuid.uuid4())
+                 recording: RecordingLimits | None = None, id_prefix: str = "") -> None:
+        self.id = f"{id_prefix}{uuid.uuid4()}"  # the prefix names the front (--front-id)
         self.created = time.monotonic()
         self._service = service
         self._loop = asyncio.get_running_loop()

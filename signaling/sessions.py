@@ -25,8 +25,11 @@ class SessionRegistry:
     def __init__(self, service: PipelineService, ice: IceServerProvider, *,
                  max_sessions: int | None = None, connect_timeout_s: float = 30.0,
                  time_limit_s: float | None = None,
-                 recording: RecordingLimits | None = None) -> None:
+                 recording: RecordingLimits | None = None, front_id: str | None = None) -> None:
         self.service = service
+        self.id_prefix = f"{front_id}-" if front_id else ""
+        """Session ids start with the front's name, so a load balancer can route a session's
+        PATCH and DELETE to the front that owns it (docs/scaling.md)."""
         self.recording_limits = recording or RecordingLimits()
         self.ice = ice
         self._max_sessions = max_sessions
@@ -62,7 +65,7 @@ class SessionRegistry:
         configuration = RTCConfiguration(iceServers=to_aiortc(await self.ice.servers()))
         session = Session(self.service, configuration, connect_timeout_s=self.connect_timeout_s,
                           time_limit_s=self.time_limit_s, on_closed=self._forget,
-                          recording=self.recording_limits)
+                          recording=self.recording_limits, id_prefix=self.id_prefix)
         self._sessions[session.id] = session
         try:
             await session.answer(sdp, summary, initial)

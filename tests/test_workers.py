@@ -13,6 +13,7 @@ import pytest
 
 from app import parse_args
 from pipeline import InputFrame, PipelineService, Stream
+from signaling.client import LiveV2VClient, NumberedFrames
 from tests.conftest import serve_in_thread
 from tests.pipelines import RecordingSink
 from tests.worker_pipelines import DevicePipeline
@@ -161,3 +162,18 @@ def test_devices_option_reaches_the_status_route() -> None:
             (0, "cpu", "loaded"), (1, "cpu", "loaded")]
         # The session limit counts both workers (the pipeline's per-worker figure, twice).
         assert server.app.state.sessions.max_sessions == 2 * DevicePipeline.max_sessions
+
+
+async def test_session_ids_name_their_front() -> None:
+    """--front-id: a load balancer can route PATCH/DELETE on the id's prefix."""
+    assert parse_args(["--front-id", "front2"]).front_id == "front2"
+    with serve_in_thread(pipeline="passthrough", front_id="front2") as server:
+        async with LiveV2VClient(server.url) as client:
+            answer = await client.connect(NumberedFrames(size=64, fps=20))
+            assert answer["sessionId"].startswith("front2-")
+            await client.recv(timeout_s=30)
+            response = await client.patch_candidates(
+                [{"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0",
+                  "sdpMLineIndex": 0}])
+            assert response.status_code == 204
+            assert await client.stop() == 204
