@@ -34,6 +34,8 @@ class LocalHub:
         self.requests: list[tuple[str, str]] = []
         self.gate: threading.Event | None = None
         """When set to an unset Event, file downloads wait for it (a download 'in progress')."""
+        self.held: set[str] | None = None
+        """Only these files wait for the gate (None: all)."""
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -103,7 +105,7 @@ class LocalHub:
                 if path is None:
                     self._error(404, "EntryNotFound", f"{name} not in {repo}", body)
                     return
-                if body and hub.gate is not None:
+                if body and hub.gate is not None and (hub.held is None or name in hub.held):
                     hub.gate.wait(60)
                 data = path.read_bytes()
                 self.send_response(200)

@@ -91,12 +91,13 @@ def test_download_fills_the_cache_with_progress_and_409_while_running(
     assert before["downloaded"] is False and before["progress"] is None
     assert {m["repo_id"]: m["cached"] for m in before["models"]} == {SD: False, TAESD: False}
 
-    hub.gate = threading.Event()  # file bodies wait: the download stays "in progress"
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    hub.gate, hub.held = threading.Event(), {unet}  # the UNet waits: the download stays running
     r = httpx.post(f"{server.url}/api/v1/models/download",
                    json={"pipeline_id": "streamdiffusion"}, timeout=30)
     assert r.status_code == 200, r.text
     running = wait_status(server, "streamdiffusion",
-                          lambda s: s["progress"] and s["progress"]["files_total"] > 0)
+                          lambda s: s["progress"] and s["progress"]["downloaded_bytes"] > 0)
     again = httpx.post(f"{server.url}/api/v1/models/download",
                        json={"pipeline_id": "streamdiffusion"}, timeout=30)
     assert again.status_code == 409 and "already running" in again.json()["detail"]
@@ -105,7 +106,10 @@ def test_download_fills_the_cache_with_progress_and_409_while_running(
     assert running["downloaded"] is False and progress["is_downloading"] is True
     assert progress["files_total"] == len(expected)
     assert progress["total_bytes"] == sum(p.stat().st_size for p in expected.values())
-    assert progress["current_artifact"] == SD and progress["percentage"] < 100
+    assert progress["current_artifact"] == SD and progress["files_done"] < len(expected)
+    unet_bytes = (model_folders[SD] / unet).stat().st_size
+    assert progress["downloaded_bytes"] <= progress["total_bytes"] - unet_bytes
+    assert 0 < progress["percentage"] < 100
 
     hub.gate.set()
     done = wait_status(server, "streamdiffusion", lambda s: s["downloaded"])
