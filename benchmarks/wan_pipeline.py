@@ -132,14 +132,7 @@ def request(pipeline: WanVideoPipeline, state: Any, mode: str, session: int,
     frames = None
     if mode == "video":
         frames = rng.integers(0, 256, (pipeline.frames_per_call(state), *size, 3), np.uint8)
-    try:
-        return FrameRequest(frames=frames, size=size, params=params, state=state,  # type: ignore[call-arg]
-                            index=0)
-    except TypeError:  # the single-frame interface
-        req = FrameRequest(frame=None if frames is None else frames[-1], size=size,
-                           params=params, state=state, index=0)
-        req.frames = frames  # type: ignore[attr-defined]
-        return req
+    return FrameRequest(frames=frames, size=size, params=params, state=state, index=0)
 
 
 def timed(pipeline: WanVideoPipeline, batch: list[FrameRequest]) -> tuple[float, int]:

@@ -49,5 +49,6 @@ class LongLivePipeline(WanVideoPipeline):
         return {
             "text": ParameterUpdate(denoising_step_list=[1000, 750, 500, 250], manage_cache=True),
             "video": ParameterUpdate(denoising_step_list=[1000, 750], noise_scale=0.7,
+                                     noise_controller=True,
                                      manage_cache=True),
         }

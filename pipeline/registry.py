@@ -6,9 +6,11 @@ from typing import Any
 
 from .base import Pipeline
 from .cpu_effect import CpuEffectPipeline
+from .longlive import LongLivePipeline
 from .passthrough import PassthroughPipeline
 from .schema_ui import config_schema, metadata
 from .streamdiffusion import StreamDiffusionPipeline
+from .streamdiffusionv2 import StreamDiffusionV2Pipeline
 
 _PIPELINES: dict[str, type[Pipeline]] = {}
 
@@ -18,7 +20,8 @@ def register(cls: type[Pipeline]) -> type[Pipeline]:
     return cls
 
 
-for _cls in (PassthroughPipeline, CpuEffectPipeline, StreamDiffusionPipeline):
+for _cls in (PassthroughPipeline, CpuEffectPipeline, StreamDiffusionPipeline, LongLivePipeline,
+             StreamDiffusionV2Pipeline):
     register(_cls)
 
 

@@ -44,6 +44,7 @@ class StreamDiffusionV2Pipeline(WanVideoPipeline):
     def mode_defaults(cls) -> dict[Mode, ParameterUpdate]:
         return {
             "video": ParameterUpdate(denoising_step_list=[750, 250], noise_scale=0.7,
+                                     noise_controller=True,
                                      manage_cache=True),
             "text": ParameterUpdate(denoising_step_list=[1000, 750], manage_cache=True),
         }

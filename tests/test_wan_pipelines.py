@@ -9,6 +9,7 @@ sampler and the chunk loop.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +97,7 @@ def chunk(pipeline: WanVideoPipeline, state: Any, frames: np.ndarray | None,
           frame_params: FrameParams | None = None, **update: Any) -> np.ndarray:
     mode: Mode = "text" if frames is None else "video"
     p = frame_params or params(pipeline, mode, **update)
-    try:
-        request = FrameRequest(frames=frames, size=(SIZE, SIZE), params=p, state=state,  # type: ignore[call-arg]
-                               index=0)
-    except TypeError:  # the single-frame interface
-        request = FrameRequest(frame=None if frames is None else frames[-1], size=(SIZE, SIZE),
-                               params=p, state=state, index=0)
-        request.frames = frames  # type: ignore[attr-defined]
+    request = FrameRequest(frames=frames, size=(SIZE, SIZE), params=p, state=state, index=0)
     (out,) = pipeline.process([request])
     return out
 
@@ -417,3 +412,142 @@ def test_kv_cache_attention_bias_weakens_the_past(sdv2: WanVideoPipeline) -> Non
     same = chunk(sdv2, normal, video(4, 3))
     weaker = chunk(sdv2, biased, video(4, 3), kv_cache_attention_bias=0.1)
     assert not np.array_equal(same, weaker)
+
+
+# --- through the app: WebRTC sessions -----------------------------------------------------------
+
+async def wait_until(condition: Any, timeout_s: float = 90.0) -> None:
+    """Poll server-side state (the worker thread changes it) until `condition()` holds."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+async def receive(client: Any, count: int) -> list[tuple[Any, float]]:
+    import time
+
+    frames = []
+    for _ in range(count):
+        frame = await client.recv(timeout_s=90)
+        frames.append((frame, time.monotonic()))
+    return frames
+
+
+def assert_paced(frames: list[tuple[Any, float]]) -> None:
+    """Timestamps strictly increase; frames whose timestamps are one frame apart (a chunk, and
+    chunks that follow on) leave at that spacing, not as a burst. Only a lower bound on time is
+    asserted, with half the spacing as slack: a busy machine makes frames late, never early.
+    The stream's first two frames are left out: the receiver holds them until the first
+    keyframe is complete."""
+    frames = frames[2:]
+    pts = [f.pts for f, _ in frames]
+    assert all(b > a for a, b in itertools.pairwise(pts)), pts
+    step = min(b - a for a, b in itertools.pairwise(pts))
+    runs, run = [], [frames[0]]
+    for prev, cur in itertools.pairwise(frames):
+        if cur[0].pts - prev[0].pts == step:
+            run.append(cur)
+        else:
+            runs.append(run)
+            run = [cur]
+    runs.append(run)
+    longest = max(runs, key=len)
+    assert len(longest) >= 3, [len(r) for r in runs]
+    seconds = step / 90_000
+    for run in runs:
+        if len(run) >= 3:
+            assert run[-1][1] - run[0][1] >= 0.5 * (len(run) - 1) * seconds, (len(run), seconds)
+
+
+@pytest.mark.parametrize("pipeline_id", ["streamdiffusionv2", "longlive"])
+async def test_webrtc_video_and_text_sessions_through_the_app(pipeline_id: str,
+                                                              files: dict[str, Path]) -> None:
+    """`python app.py`-style server loading the tiny Wan through `model_id`; a video session
+    (aiortc client sending frames) and a receive-only text session (Scope's text client
+    parameters) side by side: chunked, paced output; a prompt change, a transition and
+    reset_cache reach each session's pipeline state, and the sessions stay isolated."""
+    import asyncio
+
+    from signaling.client import LiveV2VClient, NumberedFrames
+    from tests.conftest import serve_in_thread
+
+    load_params = {"model_id": str(files["model"]), "checkpoint": None, "lora": None,
+                   "vace_enabled": False, "height": SIZE, "width": SIZE}
+    with serve_in_thread(pipeline=pipeline_id, load_params=load_params) as server:
+        cls = LongLivePipeline if pipeline_id == "longlive" else StreamDiffusionV2Pipeline
+        first, later = 1 + 4 * cls.latent_frames_per_chunk, 4 * cls.latent_frames_per_chunk
+        sessions = server.app.state.sessions
+        async with LiveV2VClient(server.url) as video, LiveV2VClient(server.url) as text:
+            await video.connect(NumberedFrames(size=64, fps=10),
+                                {"prompts": prompts("a red fox"), "input_mode": "video"})
+            await text.connect(None, {"prompts": prompts("the sea"),
+                                      "denoising_step_list": [1000, 750, 500, 250],
+                                      "manage_cache": True})
+            # Both received at once: a frame's time is when it came out of the receiver.
+            video_frames, text_frames = await asyncio.gather(receive(video, first + later),
+                                                             receive(text, first + later))
+            for frame, _ in video_frames + text_frames:
+                assert (frame.height, frame.width) == (SIZE, SIZE)
+            assert_paced(video_frames)
+            assert_paced(text_frames)
+            stats = await video.message("stats", timeout_s=30)
+            while stats["frames_out"] < first + later:
+                stats = await video.message("stats", timeout_s=30)
+            assert stats["chunk_frames"] == later
+
+            video_stream = sessions.get(video.session_id).stream
+            text_stream = sessions.get(text.session_id).stream
+            v_state, t_state = video_stream.state, text_stream.state
+            assert v_state is not t_state and v_state.cache is not t_state.cache
+            assert t_state.last_steps == (1000, 750, 500, 250)
+
+            # A new prompt: it reaches the pipeline, manage_cache restarts the KV cache; the
+            # other session keeps its own prompt.
+            resets = v_state.cache_resets
+            await video.send({"prompts": prompts("a blue whale")})
+            await wait_until(lambda: v_state.last_prompts[0].text == "a blue whale")
+            await wait_until(lambda: v_state.cache_resets == resets + 1)
+            assert t_state.last_prompts[0].text == "the sea" and t_state.cache_resets == 0
+
+            # A transition: the text session blends towards the target without a restart.
+            await text.send({"transition": {"target_prompts": prompts("a snow forest"),
+                                            "num_steps": 2}})
+            await wait_until(lambda: t_state.last_prompts[0].text == "a snow forest")
+            await receive(text, later)
+            assert t_state.cache_resets == 0
+
+            # reset_cache: the session starts over with a fresh state (KV and VAE caches).
+            await video.send({"reset_cache": True})
+            await wait_until(lambda: video_stream.state is not v_state)
+            fresh = video_stream.state
+            assert fresh.cache.frames <= 2 and fresh.cache_resets == 0
+            await wait_until(lambda: fresh.chunks >= 2)
+            await receive(video, later)  # and frames keep coming
+            assert text_stream.state is t_state
+
+
+def test_schemas_match_scopes_for_these_ids() -> None:
+    from pipeline import registry
+
+    longlive = registry.schema(registry.get("longlive"))
+    sdv2 = registry.schema(registry.get("streamdiffusionv2"))
+    for schema in (longlive, sdv2):
+        assert schema["estimated_vram_gb"] == 20.0 and schema["supports_vace"]
+        assert schema["supports_cache_management"] and not schema["supports_kv_cache_bias"]
+        assert sorted(schema["supported_modes"]) == ["text", "video"]
+    assert longlive["default_mode"] == "text" and sdv2["default_mode"] == "video"
+    assert longlive["mode_defaults"]["text"]["denoising_steps"] == [1000, 750, 500, 250]
+    assert longlive["mode_defaults"]["video"]["noise_scale"] == 0.7
+    assert sdv2["mode_defaults"]["video"]["denoising_steps"] == [750, 250]
+    assert sdv2["mode_defaults"]["text"]["denoising_steps"] == [1000, 750]
+
+
+@pytest.mark.parametrize("bad", [{"kv_cache_attention_bias": 0.0}, {"kv_cache_attention_bias": 2},
+                                 {"noise_controller": "yes"}])
+def test_out_of_range_session_keys_are_rejected(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        ParameterUpdate.model_validate(bad)

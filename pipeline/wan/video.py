@@ -270,7 +270,7 @@ class WanVideoPipeline(Pipeline):
     def _chunk(self, request: FrameRequest) -> np.ndarray:
         state: WanSession = request.state
         params = request.params
-        frames = _frames_of(request)
+        frames = request.frames
         self._manage_cache(state, params)
         cond = conditioning(params, self.text.embed).to(self.transformer.dtype)
         sigmas = sampling.shifted_sigmas(params.denoising_step_list, self.params.timestep_shift)
@@ -370,13 +370,6 @@ class WanVideoPipeline(Pipeline):
         return x.permute(1, 0, 2, 3)[None]  # (1, 3, T, h, w)
 
 
-def _frames_of(request: FrameRequest) -> np.ndarray | None:
-    frames = getattr(request, "frames", None)
-    if frames is None and getattr(request, "frame", None) is not None:
-        frames = request.frame[None]
-    return frames
-
-
 def _fit_count(image: np.ndarray, count: int) -> np.ndarray:
     """Keep the newest `count` frames, or repeat the oldest (a chunk that had to be padded)."""
     if image.shape[0] > count:
@@ -386,10 +379,4 @@ def _fit_count(image: np.ndarray, count: int) -> np.ndarray:
 
 def _request(frames: np.ndarray | None, size: tuple[int, int], params: FrameParams,
              state: Any) -> FrameRequest:
-    """A FrameRequest for this pipeline's own calls (warm-up), whatever the interface version."""
-    try:
-        return FrameRequest(frames=frames, size=size, params=params, state=state,  # type: ignore[call-arg]
-                            index=0)
-    except TypeError:
-        frame = None if frames is None else frames[-1]
-        return FrameRequest(frame=frame, size=size, params=params, state=state, index=0)
+    return FrameRequest(frames=frames, size=size, params=params, state=state, index=0)
