@@ -13,6 +13,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from .params import Mode, ParameterUpdate
+from .schema_ui import ui
 from .wan.video import WanParams, WanVideoPipeline
 
 CHECKPOINT = "Efficient-Large-Model/LongLive-1.3B/models/longlive_base.pt"
@@ -23,14 +24,22 @@ VACE_MODULE = "Kijai/WanVideo_comfy/Wan2_1-VACE_module_1_3B_bf16.safetensors"
 class LongLiveParams(WanParams):
     """`load_params` of `longlive` (Scope's defaults: 320×576, VACE on)."""
 
-    height: int = Field(default=320, ge=16, le=2048, multiple_of=16)
-    width: int = Field(default=576, ge=16, le=2048, multiple_of=16)
-    checkpoint: str | None = Field(default=CHECKPOINT, min_length=1, max_length=1000)
-    lora: str | None = Field(default=LORA, min_length=1, max_length=1000)
-    vace_id: str | None = Field(default=VACE_MODULE, min_length=1, max_length=1000)
-    timestep_shift: float = Field(default=5.0, ge=1.0, le=20.0, allow_inf_nan=False)
-    local_attn_size: int = Field(default=12, ge=-1, le=1000)
-    sink_size: int = Field(default=3, ge=0, le=100)
+    height: int = Field(default=320, ge=16, le=2048, multiple_of=16,
+        json_schema_extra=ui(1, "Height", component="resolution"))
+    width: int = Field(default=576, ge=16, le=2048, multiple_of=16,
+        json_schema_extra=ui(1, "Width", component="resolution"))
+    checkpoint: str | None = Field(default=CHECKPOINT, min_length=1, max_length=1000,
+        json_schema_extra=ui(11, "Generator checkpoint"))
+    lora: str | None = Field(default=LORA, min_length=1, max_length=1000,
+        json_schema_extra=ui(12, "LoRA"))
+    vace_id: str | None = Field(default=VACE_MODULE, min_length=1, max_length=1000,
+        json_schema_extra=ui(14, "VACE weights", component="vace"))
+    timestep_shift: float = Field(default=5.0, ge=1.0, le=20.0, allow_inf_nan=False,
+        json_schema_extra=ui(18, "Timestep shift"))
+    local_attn_size: int = Field(default=12, ge=-1, le=1000,
+        json_schema_extra=ui(19, "Attention window (latent frames)", component="cache"))
+    sink_size: int = Field(default=3, ge=0, le=100,
+        json_schema_extra=ui(20, "Sink frames", component="cache"))
 
 
 class LongLivePipeline(WanVideoPipeline):

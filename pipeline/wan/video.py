@@ -38,6 +38,7 @@ from ..diffusion.noise import seeded_normal
 from ..hub import HubModel
 from ..params import FrameParams, Mode, ParameterState, WeightedPrompt
 from ..paths import looks_local
+from ..schema_ui import ui
 from ..streamdiffusion import crop_to_aspect
 from . import sampling
 from .text import MAX_LENGTH, TextEncoder
@@ -61,45 +62,62 @@ class WanParams(LoadParams):
     """`load_params` shared by the Wan pipelines (each sets its own defaults)."""
 
     height: int = Field(default=512, ge=16, le=2048, multiple_of=16,
-                        description="Output height (multiple of 16: VAE 8× and 2×2 patches).")
+                        description="Output height (multiple of 16: VAE 8× and 2×2 patches).",
+        json_schema_extra=ui(1, "Height", component="resolution"))
     width: int = Field(default=512, ge=16, le=2048, multiple_of=16,
-                       description="Output width (multiple of 16).")
+                       description="Output width (multiple of 16).",
+        json_schema_extra=ui(1, "Width", component="resolution"))
     model_id: str = Field(default=DEFAULT_MODEL, min_length=1, max_length=1000,
                           description="Diffusers-format Wan2.1-T2V-1.3B: hub id or local folder "
-                                      "(tokenizer/, text_encoder/, vae/, transformer/).")
+                                      "(tokenizer/, text_encoder/, vae/, transformer/).",
+        json_schema_extra=ui(10, "Model"))
     checkpoint: str | None = Field(
         default=None, min_length=1, max_length=1000,
         description="Distilled causal generator: local file or hub file owner/name/path; "
-                    "null = the model folder's own transformer.")
+                    "null = the model folder's own transformer.",
+        json_schema_extra=ui(11, "Generator checkpoint"))
     lora: str | None = Field(default=None, min_length=1, max_length=1000,
-                             description="LoRA merged into the generator (file or hub file).")
+                             description="LoRA merged into the generator (file or hub file).",
+        json_schema_extra=ui(12, "LoRA"))
     lora_alpha: float | None = Field(default=None, gt=0.0, le=1e6, allow_inf_nan=False,
-                                     description="LoRA alpha; unset = its rank (scale 1).")
+                                     description="LoRA alpha; unset = its rank (scale 1).",
+        json_schema_extra=ui(13, "LoRA alpha"))
     vace_id: str | None = Field(
         default=None, min_length=1, max_length=1000,
         description="VACE module weights (file or hub file: vace_blocks.*, "
-                    "vace_patch_embedding.*); used when vace_enabled.")
+                    "vace_patch_embedding.*); used when vace_enabled.",
+        json_schema_extra=ui(14, "VACE weights", component="vace"))
     vace_context_scale: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False,
-                                      description="Strength of the VACE hints.")
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+                                      description="Strength of the VACE hints.",
+        json_schema_extra=ui(15, "VACE scale", component="vace"))
+    device: Literal["auto", "cuda", "cpu"] = Field(default="auto",
+                                                   json_schema_extra=ui(16, "Device"))
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
-        default="auto", description="auto = bfloat16 on CUDA, float32 on CPU.")
+        default="auto", description="auto = bfloat16 on CUDA, float32 on CPU.",
+        json_schema_extra=ui(17, "Precision"))
     timestep_shift: float = Field(default=5.0, ge=1.0, le=20.0, allow_inf_nan=False,
                                   description="Shift applied to denoising_step_list "
-                                              "(1 = use the list as given).")
+                                              "(1 = use the list as given).",
+        json_schema_extra=ui(18, "Timestep shift"))
     local_attn_size: int = Field(default=12, ge=-1, le=1000,
                                  description="Latent frames a chunk attends to, sinks and "
-                                             "itself included (-1 = all).")
+                                             "itself included (-1 = all).",
+        json_schema_extra=ui(19, "Attention window (latent frames)", component="cache"))
     sink_size: int = Field(default=3, ge=0, le=100,
-                           description="First latent frames kept in the KV cache for good.")
+                           description="First latent frames kept in the KV cache for good.",
+        json_schema_extra=ui(20, "Sink frames", component="cache"))
     sink_positions: Literal["absolute", "adjacent"] = Field(
         default="absolute", description="RoPE positions of the sinks: their true ones, or "
-                                        "just before the window (bounded on endless streams).")
+                                        "just before the window (bounded on endless streams).",
+        json_schema_extra=ui(21, "Sink positions", component="cache"))
     noise_controller: bool = Field(default=True,
-                                   description="Video: more noise when the input moves more.")
+                                   description="Video: more noise when the input moves more.",
+        json_schema_extra=ui(22, "Noise controller", component="noise", modes=("video",)))
     manage_cache: bool = Field(default=True, description="Restart the KV cache when the "
-                                                         "prompt, steps or noise change.")
-    compile: bool = Field(default=False, description="torch.compile the transformer blocks.")
+                                                         "prompt, steps or noise change.",
+        json_schema_extra=ui(23, "Manage cache", component="cache"))
+    compile: bool = Field(default=False, description="torch.compile the transformer blocks.",
+        json_schema_extra=ui(24, "torch.compile"))
 
     def local_refs(self) -> list[str]:
         files = [r for r in (self.checkpoint, self.lora, self.vace_id)
@@ -132,7 +150,7 @@ class WanVideoPipeline(Pipeline):
 
     modes: ClassVar[tuple[Mode, ...]] = ("text", "video")
     supports_vace = True
-    supports_lora = True
+    supports_lora = False  # one merged `lora` at load; not Scope's LoRA API (loras, lora_scales)
     supports_cache_management = True
     requires_models = True
     min_dimension = 16
