@@ -60,6 +60,7 @@ class PipelineActor:
     """One pipeline worker in its own process (decorated with `ray.remote` on use)."""
 
     def __init__(self, device: str | None) -> None:
+        self.incarnation = uuid.uuid4().hex  # a restarted process is a new incarnation
         self.engine = LocalEngine(device)
         self._progress: tuple[float, str] = (0.0, "starting")
         self._loaded: tuple[str, dict[str, Any]] | None = None
@@ -71,7 +72,8 @@ class PipelineActor:
     def info(self) -> dict[str, Any]:
         """Where it runs and what it has loaded (fronts that join later adopt it)."""
         gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-        return {"pid": os.getpid(), "host": socket.gethostname(),
+        return {"pid": os.getpid(), "incarnation": self.incarnation,
+                "host": socket.gethostname(),
                 "node_ip": ray.util.get_node_ip_address(), "device": self.engine.device,
                 "gpu_ids": list(gpus), "loaded": self._loaded,
                 "first_frames": self.engine.first_frames}
@@ -157,11 +159,23 @@ class RayEngine:
         self.actor = actor
         self.name = name
         self.front = uuid.uuid4().hex  # this front, for the actor's merging of rounds
+        self._incarnation: str | None = None  # the process that holds our pipeline
         self.first_frames = 1
         self.device = name
 
     def describe(self) -> dict[str, Any]:
         return self._get(self.actor.info.remote(), PING_TIMEOUT_S)
+
+    def loaded(self) -> tuple[str, dict[str, Any], int] | None:
+        """What the actor has loaded (another front loaded it): (pipeline id, load params,
+        first_frames); this front then treats that process as the one holding it."""
+        info = self.describe()
+        if not info.get("loaded"):
+            return None
+        self._incarnation = info["incarnation"]
+        self.first_frames = int(info["first_frames"])
+        pipeline_id, params = info["loaded"]
+        return pipeline_id, params, self.first_frames
 
     def load(self, cls: type[Pipeline], params: LoadParams, progress: ProgressCallback) -> None:
         ref = self.actor.load.remote(cls, params)
@@ -169,9 +183,14 @@ class RayEngine:
             with contextlib.suppress(GetTimeoutError, RayActorError):  # the load's result tells
                 progress(*ray.get(self.actor.progress.remote(), timeout=PING_TIMEOUT_S))
         self.first_frames = self._get(ref)
+        self._incarnation = self.describe()["incarnation"]
 
     def run(self, jobs: Sequence[Job]) -> list[JobResult]:
-        return self._get(self.actor.run.remote(list(jobs), self.front))
+        try:
+            return self._get(self.actor.run.remote(list(jobs), self.front))
+        except PipelineError:
+            self.check()  # "nothing loaded" from a process that restarted between two checks
+            raise
 
     def release(self, keys: Sequence[str]) -> None:
         self.actor.release.remote(list(keys))  # fire and forget: a dead actor has no state
@@ -180,8 +199,12 @@ class RayEngine:
         self._get(self.actor.unload.remote(), PING_TIMEOUT_S * 6)
 
     def check(self) -> None:
-        """Raises WorkerLost when the actor's process is gone."""
-        self._get(self.actor.info.remote(), PING_TIMEOUT_S)
+        """Raises WorkerLost when the actor's process is gone, or is not the one that loaded
+        the pipeline (Ray restarted it: its state and pipeline are gone)."""
+        info = self._get(self.actor.info.remote(), PING_TIMEOUT_S)
+        if self._incarnation is not None and info["incarnation"] != self._incarnation:
+            self._incarnation = None  # reported once; the worker reloads it
+            raise WorkerLost(f"The pipeline worker {self.name} restarted.")
 
     def _get(self, ref: Any, timeout: float | None = None) -> Any:
         try:

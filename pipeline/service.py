@@ -117,18 +117,18 @@ class PipelineService:
     def adopt_remote(self) -> None:
         """Ray workers that other fronts loaded already: take their pipeline as ours."""
         for worker in self.workers:
-            describe = getattr(worker.engine, "describe", None)
-            info = describe() if describe else None
-            if not info or not info.get("loaded"):
+            loaded = getattr(worker.engine, "loaded", None)
+            found = loaded() if loaded is not None else None
+            if found is None:
                 continue
-            pipeline_id, raw = info["loaded"]
+            pipeline_id, raw, first_frames = found
             cls = registry.get(pipeline_id)
             params = cls.Params.model_validate(raw)
             with self._lock:
                 if self._pipeline_id is None:
                     self._pipeline_id, self._load_params = pipeline_id, params
             if self._pipeline_id == pipeline_id:
-                worker.adopt(cls, params, int(info.get("first_frames") or 1))
+                worker.adopt(cls, params, first_frames)
 
     def status(self) -> PipelineStatus:
         workers = [w.status() for w in self.workers]

@@ -169,6 +169,7 @@ class Worker:
             self._status, self._progress = "loaded", 1.0
             self.engine.first_frames = first_frames
             self._generation += 1
+            self._cond.notify_all()
 
     def _load(self, cls: type[Pipeline], params: LoadParams) -> None:
         try:

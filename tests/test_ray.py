@@ -113,6 +113,30 @@ def test_a_pipeline_swap_while_sessions_stream(ray_service: PipelineService) -> 
     assert ray_service.status().pipeline_id == "passthrough"
 
 
+def test_an_idle_worker_that_restarts_reloads_and_serves_again(
+        ray_service: PipelineService) -> None:
+    """Killed with no session on it, Ray restarts the process; the front notices (the health
+    check sees a new process), loads the pipeline on it again, and places sessions there."""
+    ray_service.load_blocking("test-device", {"delay_s": 0}, timeout=120)
+    victim = ray_service.workers[1]
+    os.kill(victim.engine.describe()["pid"], signal.SIGKILL)  # type: ignore[attr-defined]
+    errors: list[str] = []
+
+    def back() -> bool:
+        if victim.state == "error" and victim.error:
+            errors.append(victim.error)
+        return bool(errors) and victim.state == "loaded"
+
+    wait_for(back, "the restarted worker to be loaded again", lambda: None, timeout_s=120)
+    assert "died" in errors[0] or "restarted" in errors[0]
+    sinks = [RecordingSink(), RecordingSink()]
+    streams = [ray_service.open_stream(s, offers_video=True) for s in sinks]
+    assert sorted(s.worker.index for s in streams) == [0, 1]
+    feed = feeder(streams)
+    wait_for(lambda: all(s.frames for s in sinks), "frames from both workers", feed)
+    assert not any(s.stopped for s in sinks)
+
+
 def test_two_fronts_share_the_workers_and_their_batches(cluster: None) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     first = _front(prefix)
