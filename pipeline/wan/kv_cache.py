@@ -76,20 +76,22 @@ class LayerKV:
         """Commit a chunk's keys/values (frames start, start+1, …) and evict the frames no later
         chunk can see (every later chunk ends after this one's last frame)."""
         frames = self.frames + list(range(start, start + key.shape[2] // tokens_per_frame))
-        keep = [
-            i for i, f in enumerate(frames) if window.visible(f, frames[-1] + 2)
-        ]  # frames[-1] + 2: the end of the shortest possible next chunk
         if self.key is not None and self.value is not None:
             key = torch.cat([self.key, key], dim=2)
             value = torch.cat([self.value, value], dim=2)
-        if len(keep) < len(frames):
-            index = torch.tensor(
-                [i * tokens_per_frame + t for i in keep for t in range(tokens_per_frame)],
-                device=key.device,
-            )
-            key, value = key.index_select(2, index), value.index_select(2, index)
+        # frames[-1] + 2 ends the shortest possible next chunk; what it cannot see, no later
+        # chunk can. Kept frames are the sinks (a prefix) and the newest ones (a suffix): slices,
+        # not an index tensor, so committing never copies host data to the device (no sync).
+        end = frames[-1] + 2
+        sinks = sum(1 for f in frames if f < window.sink_size)
+        first = next((i for i in range(sinks, len(frames)) if window.visible(frames[i], end)),
+                     len(frames))
+        if first > sinks:
+            split, rest = sinks * tokens_per_frame, first * tokens_per_frame
+            key = torch.cat([key[:, :, :split], key[:, :, rest:]], dim=2)
+            value = torch.cat([value[:, :, :split], value[:, :, rest:]], dim=2)
         self.key, self.value = key.contiguous(), value.contiguous()
-        self.frames = [frames[i] for i in keep]
+        self.frames = frames[:sinks] + frames[first:]
 
     @property
     def nbytes(self) -> int:

@@ -66,7 +66,7 @@ def shift_frames(
     time: RoPE rotations compose, so this equals rotating them at their frame + `frames`."""
     wide = torch.float32 if key.device.type == "mps" else torch.float64
     theta = float(getattr(rope, "theta", ROPE_THETA))
-    position = torch.tensor([float(frames)], dtype=wide, device=key.device)
+    position = torch.full((1,), float(frames), dtype=wide, device=key.device)  # no host copy
     angles = _angles(rope.t_dim, position, theta)[0]
     angles = torch.cat([angles, angles.new_zeros((rope.h_dim + rope.w_dim) // 2)])
     return apply_rotary(key, angles.cos().float(), angles.sin().float())
