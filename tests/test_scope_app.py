@@ -20,6 +20,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from pipeline import FrameRequest, InputFrame, LoadParams, Pipeline, PipelineService
 from pipeline.registry import register
+from pipeline.schema_ui import config_schema
 from signaling.client import NumberedFrames
 from signaling.logbuffer import LogBuffer
 from tests.conftest import Server, serve_in_thread
@@ -551,3 +552,25 @@ def test_a_log_offset_from_before_a_restart_starts_over() -> None:
     assert offset == 5 and [line[-6:] for line in lines] == ["line 2", "line 3", "line 4"]
     assert buffer.tail(10, 4)[0][-1].endswith("line 4") and len(buffer.tail(10, 4)[0]) == 1
     assert len(buffer.tail(10, 999)[0]) == 3  # a stale offset (server restarted): all kept
+
+
+def test_capability_flags_bring_scopes_composite_controls() -> None:
+    """A pipeline that says it supports VACE, cache management, KV-cache bias and LoRAs gets
+    Scope's vace / cache / lora controls on the matching keys (live ones marked runtime)."""
+
+    class Capable(InitGatedPipeline):
+        id = "test-capable"
+        supports_vace = supports_cache_management = supports_kv_cache_bias = True
+        supports_lora = True
+
+    props = config_schema(Capable)["properties"]
+    assert props["vace_enabled"]["ui"]["component"] == "vace"
+    assert props["vace_enabled"]["ui"]["is_load_param"] is True
+    assert props["vace_context_scale"]["ui"] == {
+        "category": "configuration", "order": 31, "label": "VACE scale", "is_load_param": False,
+        "component": "vace"}
+    assert props["manage_cache"]["ui"]["component"] == "cache"
+    assert props["kv_cache_attention_bias"]["ui"]["component"] == "cache"
+    assert props["lora_scales"]["ui"]["component"] == "lora"
+    plain = config_schema(InitGatedPipeline)["properties"]
+    assert not any("ui" in plain[k] for k in ("vace_enabled", "manage_cache", "lora_scales"))
