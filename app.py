@@ -4,6 +4,7 @@ Gradio UI, and runs uvicorn. `python app.py --help` lists the options."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -307,8 +308,10 @@ def main(argv: list[str] | None = None) -> None:
     shown = "localhost" if is_loopback_host(args.host) else args.host
     log.info("LiveV2V %s on http://%s:%d (pipeline: %s)", VERSION, shown, args.port,
              settings.pipeline or "none")
-    Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
-                          timeout_graceful_shutdown=5)).run()
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                   log_level=args.log_level.lower(), timeout_graceful_shutdown=5))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, after a clean shutdown (as uvicorn.run)
+        server.run()
 
 
 if __name__ == "__main__":
