@@ -8,7 +8,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import httpx
 import pytest
@@ -70,7 +70,8 @@ def test_upload_list_and_fetch_in_scopes_shape(server: Server, folder: Path) -> 
                          timeout=10).json() == {"assets": []}
     assert httpx.get(f"{server.url}/api/v1/assets?type=bogus", timeout=10).status_code == 422
 
-    for ref in ("green_field.png", info["path"]):  # by name, or by the path Scope stores
+    # By name, or by the path Scope stores (as is, or encodeURIComponent'd as Scope's app does).
+    for ref in ("green_field.png", info["path"], quote(info["path"], safe="")):
         got = httpx.get(f"{server.url}/api/v1/assets/{ref}", timeout=10)
         assert got.status_code == 200 and got.content == png, ref
         assert got.headers["content-type"] == "image/png"

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
+from starlette.types import Receive, Scope, Send
 
 from ..recording import Recording, RecordingError, RecordingInfo
 from ..session import Session
 from .context import ApiContext
+
+
+class _SendOnce(FileResponse):
+    """A file response that deletes its file after sending, even if the client goes away
+    mid-download (a background task would then be skipped)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await asyncio.to_thread(Path(self.path).unlink, missing_ok=True)
+
 
 NodeId = Query(default=None, max_length=200,
                description="Scope's record node; accepted and ignored (one output per session).")
@@ -50,8 +64,7 @@ def router(ctx: ApiContext) -> APIRouter:
     @api.get("/{session_id}", response_class=FileResponse,
              responses={200: {"content": {"video/mp4": {}}, "description": "The MP4 (H.264)"},
                         404: {}})
-    async def download(session_id: str, background: BackgroundTasks,
-                       node_id: str | None = NodeId) -> FileResponse:
+    async def download(session_id: str, node_id: str | None = NodeId) -> FileResponse:
         """The recording as an MP4 (stopping it first if it runs). The file is deleted once
         sent: a second GET is 404."""
         session = live_session(session_id)
@@ -62,9 +75,8 @@ def router(ctx: ApiContext) -> APIRouter:
                                      "ran).")
         if session.take_recording() is not recording:  # a concurrent download took it
             raise HTTPException(404, "This recording was already downloaded.")
-        background.add_task(recording.path.unlink, missing_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
-        return FileResponse(recording.path, media_type="video/mp4",
-                            filename=f"recording-{stamp}.mp4")
+        return _SendOnce(recording.path, media_type="video/mp4",
+                         filename=f"recording-{stamp}.mp4")
 
     return api
