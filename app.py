@@ -114,6 +114,9 @@ class Server(uvicorn.Server):
 def build_service(settings: ServerSettings, path_policy: LocalPathPolicy) -> PipelineService:
     """Local workers (one per --devices entry), or Ray actors with --backend ray."""
     if settings.backend == "ray":
+        if settings.devices:
+            raise ValueError("--devices is for --backend local; with Ray, workers are placed "
+                             "on GPUs by Ray (--ray-workers, --ray-gpus-per-worker)")
         from pipeline.ray_backend import start_engines  # Ray is optional: import it only here
 
         engines = start_engines(address=settings.ray_address, workers=settings.ray_workers,

@@ -395,8 +395,9 @@ class Worker:
             stream.next_due = max(stream.next_due + len(frames) / self.text_fps, item.collected)
         stream.stats.produced(_latencies(frames, now, item.sources is not None),
                               result.process_s, chunk_wait_s=_chunk_wait(item.sources))
-        for _ in frames:
-            self._rate.tick(now)
+        with self._cond:  # status() reads the meter from the event loop
+            for _ in frames:
+                self._rate.tick(now)
         if not stream.closed:
             stream.sink.on_frames(frames)
 

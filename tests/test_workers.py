@@ -11,9 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
-from app import parse_args
-from pipeline import InputFrame, PipelineService, Stream
+from app import build_service, parse_args
+from pipeline import InputFrame, LocalPathPolicy, PipelineService, Stream
 from signaling.client import LiveV2VClient, NumberedFrames
+from signaling.config import ServerSettings
 from tests.conftest import serve_in_thread
 from tests.pipelines import RecordingSink
 from tests.worker_pipelines import DevicePipeline
@@ -155,6 +156,8 @@ def test_load_failing_everywhere_is_an_error() -> None:
 def test_devices_option_reaches_the_status_route() -> None:
     assert parse_args(["--devices", "cuda:0,cuda:1"]).devices == ["cuda:0", "cuda:1"]
     assert parse_args([]).devices is None
+    with pytest.raises(ValueError, match="--devices is for --backend local"):
+        build_service(ServerSettings(devices=["cpu"], backend="ray"), LocalPathPolicy())
     with serve_in_thread(pipeline="test-device", devices=["cpu", "cpu"]) as server:
         status = httpx.get(f"{server.url}/api/v1/pipeline/status", timeout=10).json()
         assert status["status"] == "loaded" and status["pipeline_id"] == "test-device"
