@@ -64,6 +64,7 @@ class PipelineActor:
         self.engine = LocalEngine(device)
         self._progress: tuple[float, str] = (0.0, "starting")
         self._loaded: tuple[str, dict[str, Any]] | None = None
+        self._version = 0  # bumps on every load and unload, from any front
         self._cond = threading.Condition()
         self._queue: list[_Round] = []
         self._fronts: dict[str, float] = {}  # front id → when its last round arrived
@@ -75,33 +76,41 @@ class PipelineActor:
         return {"pid": os.getpid(), "incarnation": self.incarnation,
                 "host": socket.gethostname(),
                 "node_ip": ray.util.get_node_ip_address(), "device": self.engine.device,
-                "gpu_ids": list(gpus), "loaded": self._loaded,
+                "gpu_ids": list(gpus), "loaded": self._loaded, "version": self._version,
                 "first_frames": self.engine.first_frames}
 
-    def load(self, cls: type[Pipeline], params: LoadParams) -> int:
+    def load(self, cls: type[Pipeline], params: LoadParams) -> tuple[int, int]:
+        """Returns (first_frames, version)."""
         self._loaded = None
         self._progress = (0.0, "starting")
-        try:
+        try:  # other fronts' rounds wait for it (the engine's lock), then see the new version
             self.engine.load(cls, params, self._set_progress)
         except PipelineError:
+            self._version += 1
             raise
         except Exception as exc:  # the message must survive the trip to the front
+            self._version += 1
             raise PipelineError(f"{type(exc).__name__}: {exc}") from exc
         self._loaded = (cls.id, params.model_dump())
-        return self.engine.first_frames
+        self._version += 1
+        return self.engine.first_frames, self._version
 
     def progress(self) -> tuple[float, str]:
         return self._progress
 
-    def unload(self) -> None:
+    def unload(self) -> int:
         self._loaded = None
+        self._version += 1
         self.engine.close()
+        return self._version
 
     def release(self, keys: Sequence[str]) -> None:
         self.engine.release(keys)
 
-    def run(self, jobs: Sequence[Job], front: str) -> list[JobResult]:
-        """A front's round; merged with the rounds of other fronts streaming at the same time."""
+    def run(self, jobs: Sequence[Job], front: str) -> tuple[list[JobResult], int]:
+        """A front's round; merged with the rounds of other fronts streaming at the same time.
+        Returns the results and the version of what is loaded (a front that loaded an older
+        version learns that another front swapped the pipeline)."""
         pending = _Round(jobs, front)
         with self._cond:
             self._fronts[front] = time.monotonic()
@@ -110,7 +119,7 @@ class PipelineActor:
         pending.done.wait()
         if pending.error is not None:
             raise pending.error
-        return pending.results or []
+        return pending.results or [], self._version
 
     def _set_progress(self, fraction: float, stage: str) -> None:
         self._progress = (max(0.0, min(1.0, float(fraction))), stage)
@@ -160,6 +169,8 @@ class RayEngine:
         self.name = name
         self.front = uuid.uuid4().hex  # this front, for the actor's merging of rounds
         self._incarnation: str | None = None  # the process that holds our pipeline
+        self._version: int | None = None  # the actor's version of what this front loaded
+        self._drifted = False
         self.first_frames = 1
         self.device = name
 
@@ -173,6 +184,7 @@ class RayEngine:
         if not info.get("loaded"):
             return None
         self._incarnation = info["incarnation"]
+        self._version, self._drifted = info["version"], False
         self.first_frames = int(info["first_frames"])
         pipeline_id, params = info["loaded"]
         return pipeline_id, params, self.first_frames
@@ -182,12 +194,15 @@ class RayEngine:
         while not ray.wait([ref], timeout=0.25)[0]:
             with contextlib.suppress(GetTimeoutError, RayActorError):  # the load's result tells
                 progress(*ray.get(self.actor.progress.remote(), timeout=PING_TIMEOUT_S))
-        self.first_frames = self._get(ref)
+        self.first_frames, self._version = self._get(ref)
+        self._drifted = False
         self._incarnation = self.describe()["incarnation"]
 
     def run(self, jobs: Sequence[Job]) -> list[JobResult]:
         try:
-            return self._get(self.actor.run.remote(list(jobs), self.front))
+            results, version = self._get(self.actor.run.remote(list(jobs), self.front))
+            self._note(version)
+            return results
         except PipelineError:
             self.check()  # "nothing loaded" from a process that restarted between two checks
             raise
@@ -196,23 +211,39 @@ class RayEngine:
         self.actor.release.remote(list(keys))  # fire and forget: a dead actor has no state
 
     def close(self) -> None:
-        self._get(self.actor.unload.remote(), PING_TIMEOUT_S * 6)
+        self._version = self._get(self.actor.unload.remote(), PING_TIMEOUT_S * 6)
+        self._drifted = False
+
+    def drifted(self) -> bool:
+        """Another front loaded or unloaded a pipeline on this actor since this front did."""
+        return self._drifted
+
+    def _forget_process(self) -> None:
+        """The process is gone or new: nothing it reports says another front changed it."""
+        self._incarnation, self._version, self._drifted = None, None, False
+
+    def _note(self, version: int) -> None:
+        if self._version is not None and version != self._version:
+            self._drifted = True
 
     def check(self) -> None:
         """Raises WorkerLost when the actor's process is gone, or is not the one that loaded
         the pipeline (Ray restarted it: its state and pipeline are gone)."""
         info = self._get(self.actor.info.remote(), PING_TIMEOUT_S)
+        self._note(info["version"])
         if self._incarnation is not None and info["incarnation"] != self._incarnation:
-            self._incarnation = None  # reported once; the worker reloads it
+            self._forget_process()  # reported once; the worker reloads it
             raise WorkerLost(f"The pipeline worker {self.name} restarted.")
 
     def _get(self, ref: Any, timeout: float | None = None) -> Any:
         try:
             return ray.get(ref, timeout=timeout)
         except RayActorError as exc:
+            self._forget_process()
             raise WorkerLost(f"The pipeline worker {self.name} died or restarted "
                              f"({type(exc).__name__}).") from exc
         except GetTimeoutError as exc:
+            self._forget_process()
             raise WorkerLost(f"The pipeline worker {self.name} stopped answering.") from exc
 
 

@@ -55,7 +55,8 @@ class PipelineService:
             engines = [LocalEngine(device) for device in (devices or [None])]
         if not engines:
             raise ValueError("a pipeline service needs at least one worker")
-        self.workers = [Worker(index, engine, text_fps=text_fps, idle_wait_s=idle_wait_s)
+        self.workers = [Worker(index, engine, text_fps=text_fps, idle_wait_s=idle_wait_s,
+                               on_adopt=self._adopted)
                         for index, engine in enumerate(engines)]
         self._lock = threading.Lock()
         self._pipeline_id: str | None = None
@@ -129,6 +130,11 @@ class PipelineService:
                     self._pipeline_id, self._load_params = pipeline_id, params
             if self._pipeline_id == pipeline_id:
                 worker.adopt(cls, params, first_frames)
+
+    def _adopted(self, cls: type[Pipeline], params: LoadParams) -> None:
+        """A worker follows a pipeline another front loaded on it: so does the service."""
+        with self._lock:
+            self._pipeline_id, self._load_params = cls.id, params
 
     def status(self) -> PipelineStatus:
         workers = [w.status() for w in self.workers]

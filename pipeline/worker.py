@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel
 
+from . import registry
 from .base import LoadParams, Pipeline, PipelineError, ProgressCallback
 from .engine import Job, JobResult, WorkerLost
 from .frames import InputFrame, OutputFrame
@@ -76,8 +77,10 @@ class _Work:
 
 class Worker:
     def __init__(self, index: int, engine: Engine, *, text_fps: float = 20.0,
-                 idle_wait_s: float = 0.5, label: str | None = None) -> None:
+                 idle_wait_s: float = 0.5, label: str | None = None,
+                 on_adopt: Callable[[type[Pipeline], LoadParams], None] | None = None) -> None:
         self.index = index
+        self._on_adopt = on_adopt  # tells the service what another front loaded here
         self.engine = engine
         self.text_fps = text_fps
         self.label = label or engine.device
@@ -366,6 +369,7 @@ class Worker:
             results = self.engine.run(jobs)
         except PipelineError as exc:
             self._fail([item.stream for item in items], f"Pipeline error: {exc}")
+            self._follow_other_fronts()
             return
         round_s = time.perf_counter() - started
         if len(results) != len(items):
@@ -377,6 +381,7 @@ class Worker:
             self.overheads.append(hop_ms)
             self._overhead_ms = _ema(self._overhead_ms, hop_ms)
         now = time.monotonic()
+        self._follow_other_fronts()
         for item, result in zip(items, results, strict=True):
             if result.chunk is None:
                 self._fail([item.stream], result.error or "Pipeline error")
@@ -424,6 +429,7 @@ class Worker:
         if check is None:
             return
         check()  # raises WorkerLost
+        self._follow_other_fronts()
         with self._cond:
             reload = (self._lost and self._status == "error" and self._cls is not None
                       and self._params is not None and self._reloads < MAX_AUTO_RELOADS)
@@ -432,6 +438,32 @@ class Worker:
         if reload and self._cls is not None and self._params is not None:
             log.info("worker %d is back; loading %s on it again", self.index, self._cls.id)
             self.begin_load(self._cls, self._params)
+
+    def _follow_other_fronts(self) -> None:
+        """A shared Ray worker that another front swapped or unloaded: take what it has now
+        (sessions carry on with the new pipeline), or stop the sessions if it has nothing."""
+        drifted: Callable[[], bool] | None = getattr(self.engine, "drifted", None)
+        loaded: Callable[[], Any] | None = getattr(self.engine, "loaded", None)
+        if drifted is None or loaded is None or self._status != "loaded" or not drifted():
+            return
+        found = loaded()
+        if found is None:
+            with self._cond:
+                self._status, self._error, self._progress, self._stage = (
+                    "not_loaded", None, None, None)
+                self._cls, self._params = None, None
+                self._generation += 1
+                streams = self._take_streams()
+            for stream in streams:
+                stream.sink.on_stopped("The pipeline was unloaded (by another front).")
+            return
+        pipeline_id, raw, first_frames = found
+        cls = registry.get(pipeline_id)
+        params = cls.Params.model_validate(raw)
+        log.info("worker %d: another front loaded %s here; following it", self.index, cls.id)
+        self.adopt(cls, params, first_frames)
+        if self._on_adopt is not None:
+            self._on_adopt(cls, params)
 
     def _mark_lost(self, message: str) -> None:
         """The engine's process is gone: stop this worker's sessions (they may reconnect and

@@ -153,6 +153,12 @@ def test_two_fronts_share_the_workers_and_their_batches(cluster: None) -> None:
         feed = feeder(streams)
         wait_for(lambda: any(marker(s, i)[0] == 2 for s in sinks for i in range(len(s.frames))),
                  "one batch holding both fronts' sessions", feed)
+        # A swap made from one front reaches the other front's sessions and status.
+        first.load("passthrough")
+        wait_for(lambda: second.status().pipeline_id == "passthrough"
+                 and all(int(s.frames[-1].image[1, 1, 0]) == 10 for s in sinks),
+                 "both fronts on the new pipeline", feed)
+        assert not any(s.stopped for s in sinks)
     finally:
         first.stop()
         if second is not None:
