@@ -22,7 +22,11 @@ import huggingface_hub.constants as hub_constants
 import pytest
 from huggingface_hub import try_to_load_from_cache
 
-from tests.conftest import ROOT, Server, free_port, serve_in_thread
+from pipeline import LoadParams
+from pipeline.hub import HubModel
+from pipeline.passthrough import PassthroughPipeline
+from pipeline.registry import register
+from tests.conftest import ROOT, Server, free_port, serve_in_thread, wait_until_loaded
 from tests.local_hub import LocalHub
 from tests.tiny_models import build_tiny_sd, build_tiny_taesd
 
@@ -138,6 +142,41 @@ def test_downloaded_weights_load_offline(hub: LocalHub, server: Server, tmp_path
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "LOADED (4, 8, 8)" in done.stdout
+
+
+class HubEchoParams(LoadParams):
+    model_id: str = "org/default-model"
+
+
+@register
+class HubEchoPipeline(PassthroughPipeline):
+    """Passes frames through; "loads" the hub repo its `model_id` names."""
+
+    id = "test-hub-echo"
+    name = description = "test: hub echo"
+    Params = HubEchoParams
+
+    @classmethod
+    def hub_models(cls, params: LoadParams | None = None) -> list[HubModel]:
+        p = params if isinstance(params, HubEchoParams) else HubEchoParams()
+        return [HubModel(p.model_id, ("config.json",))]
+
+
+def test_status_follows_the_loaded_pipelines_load_params(hub: LocalHub, server: Server) -> None:
+    def repos() -> list[str]:
+        return [m["repo_id"] for m in status(server, "test-hub-echo")["models"]]
+
+    assert repos() == ["org/default-model"]  # not loaded: its defaults
+    r = httpx.post(f"{server.url}/api/v1/pipeline/load", timeout=10, json={
+        "pipeline_ids": ["test-hub-echo"], "load_params": {"model_id": TAESD}})
+    assert r.status_code == 200, r.text
+    assert wait_until_loaded(server.url)["pipeline_id"] == "test-hub-echo"
+    assert repos() == [TAESD]
+    assert status(server, "test-hub-echo")["downloaded"] is False
+    httpx.post(f"{server.url}/api/v1/models/download", json={"pipeline_id": "test-hub-echo"},
+               timeout=10).raise_for_status()
+    done = wait_status(server, "test-hub-echo", lambda s: s["downloaded"])
+    assert done["models"][0]["repo_id"] == TAESD
 
 
 def test_unknown_pipelines_bad_input_and_pipelines_without_weights(
