@@ -42,12 +42,16 @@ def free_port() -> int:
 
 def wait_until_loaded(url: str, timeout_s: float = 60.0,
                       done: tuple[str, ...] = ("loaded", "error"),
-                      api_key: str | None = None) -> dict[str, Any]:
-    """Poll /api/v1/pipeline/status until the start-up pipeline is loaded."""
+                      api_key: str | None = None,
+                      proc: subprocess.Popen[bytes] | None = None) -> dict[str, Any]:
+    """Poll /api/v1/pipeline/status until the start-up pipeline is loaded (or `proc`, the
+    server's process, has exited: no point waiting for a server that is gone)."""
     deadline = time.monotonic() + timeout_s
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     last: Any = None
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server at {url} exited with {proc.returncode}")
         with contextlib.suppress(httpx.HTTPError):
             last = httpx.get(f"{url}/api/v1/pipeline/status", timeout=2, headers=headers).json()
             if last["status"] in done:
@@ -90,7 +94,8 @@ def serve_process(*args: str, log_name: str = "server") -> Iterator[Server]:
     url = f"http://127.0.0.1:{port}"
     try:
         key = args[args.index("--api-key") + 1] if "--api-key" in args else None
-        wait_until_loaded(url, timeout_s=90, api_key=key)
+        # Generous: importing torch and gradio takes minutes on a busy 2-core machine.
+        wait_until_loaded(url, timeout_s=300, api_key=key, proc=proc)
         yield Server(url=url, app=None)
     finally:
         proc.terminate()

@@ -23,9 +23,12 @@ import pytest
 
 from tests.conftest import OUTPUT, Server, serve_process
 
-pytestmark = pytest.mark.browser
+# The module's first test also waits for `python app.py` and Chromium to start: minutes on a
+# busy machine.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
-CONNECT_LIMIT_S = 10.0
+CONNECT_LIMIT_S = 60.0
+MIN_WAIT_S = 30.0
 
 MEAN_RGB_JS = """(sel) => {
   const v = document.querySelector(sel);
@@ -74,7 +77,10 @@ class Studio:
         return self.js("() => window.liveV2V.client.state")
 
     def wait(self, predicate: str, timeout_s: float = 10.0, arg: Any = None) -> None:
-        self.page.wait_for_function(predicate, arg=arg, timeout=timeout_s * 1000)
+        """Wait for a state of the page. The limit is only for a state that never comes: at
+        least MIN_WAIT_S, as a busy machine is slower, not wrong."""
+        self.page.wait_for_function(predicate, arg=arg,
+                                    timeout=max(timeout_s, MIN_WAIT_S) * 1000)
 
     def start(self) -> float:
         """Press Start; the seconds until the connection is up."""
@@ -87,11 +93,17 @@ class Studio:
         return self.js(f"() => document.querySelector('{selector}')"
                        ".getVideoPlaybackQuality().totalVideoFrames")
 
-    def assert_frames_grow(self, selector: str = OUT, at_least: int = 8) -> None:
+    def assert_frames_grow(self, selector: str = OUT, at_least: int = 8,
+                           timeout_s: float = 20.0) -> None:
+        """New frames keep being decoded (waits for them: a busy machine is slower, not wrong)."""
         first = self.decoded(selector)
-        self.page.wait_for_timeout(1200)
-        second = self.decoded(selector)
-        assert second - first >= at_least, f"{selector}: {first} → {second} frames in 1.2 s"
+        try:
+            self.wait("([sel, want]) => document.querySelector(sel)"
+                      ".getVideoPlaybackQuality().totalVideoFrames >= want",
+                      timeout_s, arg=[selector, first + at_least])
+        except Exception as exc:  # playwright's timeout: say what was missing
+            raise AssertionError(f"{selector}: {first} → {self.decoded(selector)} frames, "
+                                 f"wanted {at_least} more within {timeout_s} s") from exc
         playing = self.js(f"() => {{ const v = document.querySelector('{selector}');"
                           " return !v.paused && v.readyState >= 2 && v.videoWidth > 0; }")
         assert playing, f"{selector} is not playing"
@@ -198,8 +210,7 @@ def test_page_loads_idle_without_console_errors(studio: Studio) -> None:
 def test_webcam_stream_steer_snapshot_record_stop(studio: Studio, server: Server) -> None:
     studio.open()
     page = studio.page
-    elapsed = studio.start()
-    assert elapsed < CONNECT_LIMIT_S
+    studio.start()  # how fast is for benchmarks/, not for a test on a shared machine
     assert studio.pill() == "Live"
     session_id = studio.js("() => window.liveV2V.client.sessionId")
     assert re.fullmatch(r"[0-9a-f-]{36}", session_id)
@@ -379,7 +390,10 @@ def test_stream_stopped_by_the_server_shows_why_and_reconnects(studio: Studio,
         assert r.status_code == 204
         expected_title, expected_text = "The server ended the stream", "closed on the server"
     try:
-        studio.wait("() => !document.querySelector('[data-role=\"notice\"]').hidden", 20)
+        # Wait for the stop notice itself (a load-failure notice may show first, from the poll).
+        studio.wait("(title) => { const n = document.querySelector('[data-role=\"notice\"]');"
+                    " return !n.hidden && n.querySelector('[data-role=\"notice-title\"]')"
+                    ".textContent === title; }", 20, arg=expected_title)
         notice = studio.notice()
         assert notice["title"] == expected_title
         assert expected_text in notice["text"]
@@ -396,13 +410,17 @@ def test_stream_stopped_by_the_server_shows_why_and_reconnects(studio: Studio,
                            json={"pipeline_ids": ["cpu-effect"]})
             assert r.status_code == 200
     # automatic reconnect (2 s back-off first) with a new session
-    studio.wait("() => window.liveV2V.client.state === 'connected'", 20)
+    studio.wait("() => window.liveV2V.client.state === 'connected'", 30)
     second = studio.js("() => window.liveV2V.client.sessionId")
     assert second and second != first
+    # The page says so, whatever it showed while reconnecting (the notice text stays after
+    # its auto-hide, so this is a state and not a race with the timer).
+    studio.wait("() => document.querySelector('[data-role=\"notice-title\"]').textContent"
+                " === 'Reconnected'", 10)
     studio.assert_frames_grow(OUT)
     assert studio.notice()["title"] == "Reconnected"
     page.click('[data-action="start"]')
-    studio.wait("() => window.liveV2V.client.state === 'idle'", 5)
+    studio.wait("() => window.liveV2V.client.state === 'idle'", 15)
 
 
 def test_actionable_errors(studio: Studio) -> None:

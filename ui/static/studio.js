@@ -63,6 +63,9 @@ class Studio {
     this.messages = []; // recent server messages (for debugging and tests)
     this.timers = {};
     this.statusTimer = null;
+    this.statusAsked = 0; // status requests sent; answers older than the last applied are stale
+    this.statusApplied = 0;
+    this.reconnectPending = false; // the server stopped the stream and the client reconnects
     this.reconnectCountdown = null;
     this.run = 0; // bumps on stop: a start still opening its input gives up
     this.starting = false;
@@ -194,7 +197,7 @@ class Studio {
   // --- pipeline ------------------------------------------------------------------------------
 
   async refresh() {
-    const [schemas, status] = await Promise.all([this.client.getSchemas(), this.client.getStatus()]);
+    const [schemas, status] = await Promise.all([this.client.getSchemas(), this.orderedStatus()]);
     this.schemas = schemas;
     const select = this.$("pipeline");
     select.innerHTML = "";
@@ -205,8 +208,9 @@ class Studio {
       option.title = id;
       select.appendChild(option);
     }
-    if (status.pipeline_id && schemas[status.pipeline_id]) select.value = status.pipeline_id;
-    this.applyStatus(status, { force: true });
+    const shown = status || this.status;
+    if (shown && shown.pipeline_id && schemas[shown.pipeline_id]) select.value = shown.pipeline_id;
+    if (shown) this.applyStatus(shown, { force: true });
     this.pollStatus();
   }
 
@@ -217,12 +221,31 @@ class Studio {
     this.statusTimer = setTimeout(async () => {
       if (this.locked) return;
       try {
-        this.applyStatus(await this.client.getStatus());
+        await this.fetchStatus();
       } catch {
         /* the server is restarting: keep the last status */
       }
       this.pollStatus();
     }, loading ? 400 : 5000);
+  }
+
+  /**
+   * GET the pipeline status; null when a request sent later has already been answered. The
+   * poll, a stop and a load can ask at once: an older answer ("loading") must never overwrite
+   * a newer one ("error"), or the page would replay a transition that is over.
+   */
+  async orderedStatus() {
+    const asked = ++this.statusAsked;
+    const status = await this.client.getStatus();
+    if (asked < this.statusApplied) return null;
+    this.statusApplied = asked;
+    return status;
+  }
+
+  /** Fetch the status and show it (stale answers are dropped). */
+  async fetchStatus() {
+    const status = await this.orderedStatus();
+    if (status) this.applyStatus(status);
   }
 
   applyStatus(status, { force = false } = {}) {
@@ -261,12 +284,15 @@ class Studio {
     }
     if (!changed) return;
 
-    if (previous && previous.status === "loading" && status.status === "error") {
+    // A failed load also stops the streams: when the stop notice is up it already says why
+    // (with the loader's message) and carries the reconnect; a second notice would bury it.
+    if (previous && previous.status === "loading" && status.status === "error" && this.noticeKind !== "stopped") {
       this.notice({
         tone: "error",
         title: `Pipeline “${status.pipeline_id}” failed to load`,
         text: status.error || "Unknown error",
         hint: "Check the load parameters (model id, resolution) and the server log, then load again.",
+        kind: "load_failed",
       });
     } else if (previous && previous.status === "loading" && status.status === "loaded") {
       if (this.noticeKind === "loading") this.hideNotice();
@@ -398,7 +424,7 @@ class Studio {
       return;
     }
     this.noticeKind = "loading";
-    this.applyStatus(await this.client.getStatus().catch(() => this.status));
+    await this.fetchStatus().catch(() => {});
     this.pollStatus();
   }
 
@@ -653,20 +679,29 @@ class Studio {
       reconnecting: ["connecting", "Reconnecting…"],
       failed: ["error", "Error"],
     };
+    if (state === "connecting" && this.reconnectPending) tones.connecting = ["connecting", "Reconnecting…"];
     const [tone, text] = this.locked && !this.isActive() ? ["locked", "Locked"] : tones[state] || tones.idle;
     this.setPill(tone, text);
     this.$("output-placeholder-text").textContent =
-      state === "connecting" ? "Connecting…" : state === "reconnecting" ? "Reconnecting…" : "Press Start to stream";
+      state === "reconnecting" || (state === "connecting" && this.reconnectPending)
+        ? "Reconnecting…"
+        : state === "connecting"
+          ? "Connecting…"
+          : "Press Start to stream";
     const session = this.root.querySelector('[data-stat="session"]');
     session.textContent = this.client.sessionId ? this.client.sessionId.slice(0, 8) : "not connected";
     session.title = this.client.sessionId || "";
     if (state === "connected") {
-      if (this.noticeKind === "stopped") {
+      // Whatever the page showed about the stop (the stop notice, or a load failure that came
+      // in while reconnecting) is over now: say so.
+      if (this.reconnectPending) {
         this.notice({ tone: "ok", title: "Reconnected", text: "The stream is running again.", autoHideMs: 5000 });
       }
+      this.reconnectPending = false;
       this.clearReconnectCountdown();
     }
     if (state === "idle" || state === "failed") {
+      this.reconnectPending = false;
       this.$("output-video").srcObject = null;
       this.resetStats();
     }
@@ -687,7 +722,7 @@ class Studio {
 
   async refreshStatus() {
     try {
-      this.applyStatus(await this.client.getStatus());
+      await this.fetchStatus();
     } catch {
       /* unreachable: the next poll tries again */
     }
@@ -700,6 +735,7 @@ class Studio {
     this.resetStats();
     this.refreshStatus(); // a failed load stops streams: show the pipeline's new state now
     if (!willReconnect) this.stopInput();
+    this.reconnectPending = willReconnect;
     this.noticeKind = "stopped";
     this.notice({
       tone: message ? "error" : "warn",
