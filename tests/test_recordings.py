@@ -152,3 +152,17 @@ def test_unknown_sessions_and_missing_recordings_are_404(server: Server) -> None
         assert r.status_code == 404 and "detail" in r.json(), (method, path, r.text)
     r = httpx.post(f"{url}/x/start", params={"node_id": "n" * 500}, timeout=10)
     assert r.status_code == 422
+
+
+def test_odd_and_changing_frame_sizes_still_make_a_playable_file(rec_dir: Path) -> None:
+    """yuv420p needs even sizes; a pipeline reload may change the size mid-recording."""
+    recording = Recording("sizes", RecordingLimits(directory=rec_dir))
+    for shape in [(47, 63)] * 3 + [(128, 96)] * 3:  # 6 frames: the queue holds them all
+        recording.offer(VideoFrame.from_ndarray(np.full((*shape, 3), 120, np.uint8),
+                                                format="rgb24"))
+    recording.stop()
+    assert recording.info().frames == 6
+    with av.open(str(recording.path)) as container:
+        sizes = {(f.width, f.height) for f in container.decode(video=0)}
+    assert sizes == {(62, 46)}
+    recording.discard()
