@@ -269,13 +269,13 @@ class ScopeAppPeer:
         """The first message (seen so far or arriving) matching `predicate`."""
         deadline = time.monotonic() + timeout_s
         while True:
+            self._arrived.clear()  # before looking: a message arriving meanwhile sets it again
             for m in self.messages:
                 if predicate(m):
                     return m
-            self._arrived.clear()
             await asyncio.wait_for(self._arrived.wait(), max(deadline - time.monotonic(), 0.01))
 
-    async def colour_until(self, predicate: Any, limit: int = 100) -> np.ndarray:
+    async def colour_until(self, predicate: Any, limit: int = 400) -> np.ndarray:
         for _ in range(limit):
             frame = await asyncio.wait_for(self.frames.get(), 20)
             rgb = frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
@@ -295,6 +295,10 @@ async def test_a_session_driven_like_scopes_app(server: Server) -> None:
                                            "quantization": None, "vace_enabled": True}}]}
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         assert (await http.post("/api/v1/pipeline/load", json=load)).status_code == 200
+        deadline = time.monotonic() + 60
+        while (await http.get("/api/v1/pipeline/status")).json()["status"] != "loaded":
+            assert time.monotonic() < deadline  # Scope's app polls status until loaded
+            await asyncio.sleep(0.1)
         peer = ScopeAppPeer(http)
         try:
             await peer.start({"prompts": prompt("red"), "noise_scale": 0.0,
