@@ -39,7 +39,8 @@ LAYOUT = ("a Wan model folder is laid out like Wan-AI/Wan2.1-T2V-1.3B-Diffusers:
 MEMORY_ADVICE = ("Load with a smaller height/width, use bfloat16 on CUDA (dtype), serve fewer "
                  "sessions at once, or free memory used by other processes.")
 _NESTS = ("generator_ema", "generator", "generator_lora", "model", "state_dict", "module")
-_PREFIXES = ("base_model.model.", "_orig_mod.", "module.", "model.", "_fsdp_wrapped_module.")
+_PREFIXES = ("base_model.model.", "_orig_mod.", "module.", "model.", "diffusion_model.",
+             "_fsdp_wrapped_module.")
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
 
 
