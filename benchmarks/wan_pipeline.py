@@ -123,10 +123,19 @@ def build(args: argparse.Namespace, size: tuple[int, int]) -> WanVideoPipeline:
     return pipeline
 
 
+def step_list(pipeline: WanVideoPipeline, mode: str, steps: int | None) -> list[int]:
+    """The mode's own list, or `steps` evenly spaced steps from its first one."""
+    default = list(pipeline.mode_defaults()[mode].denoising_step_list or [1000])  # type: ignore[index]
+    if steps is None:
+        return default
+    return [round(default[0] * (steps - i) / steps) for i in range(steps)]
+
+
 def request(pipeline: WanVideoPipeline, state: Any, mode: str, session: int,
-            rng: np.random.Generator) -> FrameRequest:
+            rng: np.random.Generator, steps: list[int]) -> FrameRequest:
     update = ParameterUpdate.model_validate(
-        {"prompts": [{"text": f"a painting, session {session}", "weight": 1.0}], "seed": session})
+        {"prompts": [{"text": f"a painting, session {session}", "weight": 1.0}], "seed": session,
+         "denoising_step_list": steps})
     params = ParameterState(update).snapshot(pipeline.mode_defaults()[mode])  # type: ignore[index]
     size = (pipeline.params.height, pipeline.params.width)
     frames = None
@@ -143,26 +152,28 @@ def timed(pipeline: WanVideoPipeline, batch: list[FrameRequest]) -> tuple[float,
     return (time.perf_counter() - started) * 1000.0, sum(o.shape[0] for o in out)
 
 
-def measure(pipeline: WanVideoPipeline, sessions: int, args: argparse.Namespace) -> dict[str, Any]:
+def measure(pipeline: WanVideoPipeline, sessions: int, args: argparse.Namespace,
+            steps: list[int]) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     cuda = pipeline.device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(pipeline.device)
     states = [pipeline.new_state() for _ in range(sessions)]
-    first_ms, first_frames = timed(pipeline, [request(pipeline, states[0], args.mode, 0, rng)])
+    first = request(pipeline, states[0], args.mode, 0, rng, steps)
+    first_ms, first_frames = timed(pipeline, [first])
     for s in range(1, sessions):
-        timed(pipeline, [request(pipeline, states[s], args.mode, s, rng)])
+        timed(pipeline, [request(pipeline, states[s], args.mode, s, rng, steps)])
     rounds: list[float] = []
     frames = 0
     for _ in range(args.chunks):
-        ms, produced = timed(pipeline, [request(pipeline, st, args.mode, s, rng)
+        ms, produced = timed(pipeline, [request(pipeline, st, args.mode, s, rng, steps)
                                         for s, st in enumerate(states)])
         rounds.append(ms)
         frames = produced // sessions
     per_round = statistics.median(rounds)
     result: dict[str, Any] = {
-        "sessions": sessions, "chunks": args.chunks, "frames_per_chunk": frames,
+        "sessions": sessions, "steps": steps, "chunks": args.chunks, "frames_per_chunk": frames,
         "first_chunk_frames": first_frames, "first_chunk_ms": round(first_ms, 1),
         "chunk_ms_p50": round(per_round / sessions, 1),
         "round_ms_p50": round(per_round, 1), "round_ms_max": round(max(rounds), 1),
@@ -195,7 +206,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="default: the pipeline's default mode")
     parser.add_argument("--input-fps", type=float, default=20.0)
     parser.add_argument("--compile", action="store_true")
-    return parser.parse_args(argv)
+    parser.add_argument("--steps", default=None,
+                        help="numbers of denoising steps to measure, e.g. 1,2 (evenly spaced "
+                             "from the mode's first step); default: the mode's own list")
+    # benchmarks/gpu_check.py passes the image benchmark's options to every config:
+    parser.add_argument("--random-weights", action="store_true", help="always: no effect")
+    parser.add_argument("--frames", type=int, default=None, help="same as --chunks")
+    parser.add_argument("--warmup", type=int, default=0, help="no effect (a fresh session's "
+                                                              "first chunk is measured apart)")
+    parser.add_argument("--model-dir", default=None, help="no effect (nothing is written)")
+    args = parser.parse_args(argv)
+    if args.frames is not None:
+        args.chunks = args.frames
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,11 +244,14 @@ def main(argv: list[str] | None = None) -> None:
           f"ready in {load_s:.1f} s",
           flush=True)
     results = []
-    for sessions in [int(s) for s in args.sessions.split(",")]:
-        result = measure(pipeline, sessions, args)
+    counts = [int(n) for n in args.steps.split(",")] if args.steps else [None]
+    for sessions, count in [(s, c) for c in counts for s in map(int, args.sessions.split(","))]:
+        steps = step_list(pipeline, args.mode, count)
+        result = measure(pipeline, sessions, args, steps)
         results.append(result)
         vram = f", VRAM peak {result['vram_peak_gb']} GB" if "vram_peak_gb" in result else ""
-        print(f"sessions={sessions}: {result['fps_per_session']:.1f} frames/s per session "
+        print(f"steps={steps} sessions={sessions}: {result['fps_per_session']:.1f} frames/s per "
+              f"session "
               f"({result['fps_total']:.1f} total), chunk of {result['frames_per_chunk']} frames "
               f"{result['chunk_ms_p50']:.0f} ms, first chunk {result['first_chunk_ms']:.0f} ms"
               f"{vram}", flush=True)

@@ -551,3 +551,15 @@ def test_schemas_match_scopes_for_these_ids() -> None:
 def test_out_of_range_session_keys_are_rejected(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         ParameterUpdate.model_validate(bad)
+
+
+def test_the_benchmark_takes_gpu_checks_options() -> None:
+    """benchmarks/gpu_check.py runs every --config of benchmarks/pipeline.py with the image
+    benchmark's options; the Wan configs must accept them."""
+    from benchmarks import gpu_check, wan_pipeline
+
+    assert {"longlive", "streamdiffusionv2"} <= set(gpu_check.pipeline_configs())
+    for run in gpu_check.benchmark_runs(["longlive"], Path("/tmp/models")):
+        args = wan_pipeline.parse_args(run["args"])
+        assert args.config == "longlive" and args.device == "cuda" and args.chunks == 10
+        assert args.compile == run["compile"]
