@@ -361,46 +361,106 @@ def test_session_parameters_without_sessions(http: httpx.Client) -> None:
 # --- the calls Scope's app makes at page load ---------------------------------------------------
 
 
-def test_every_page_load_call_answers_in_scopes_shape(http: httpx.Client) -> None:
-    """The 'page load' table of docs/scope-app.md, each checked against what the app reads."""
-    health = http.get("/health").json()
-    assert health["status"] == "healthy" and isinstance(health["server_start_time"], float)
-    assert http.get("/api/v1/pipelines/schemas").json()["pipelines"]
-    status = http.get("/api/v1/pipeline/status").json()
-    assert status["status"] in ("not_loaded", "loading", "loaded", "error")
+def check_health(body: Any) -> None:
+    assert body["status"] == "healthy" and isinstance(body["server_start_time"], float)
+    assert isinstance(body["version"], str)
+
+
+def check_status(body: Any) -> None:
+    assert body["status"] in ("not_loaded", "loading", "loaded", "error")
     assert {"pipeline_id", "load_params", "error", "loading_stage", "produces_video",
-            "produces_audio"} <= status.keys()
-    assert status["loaded_lora_adapters"] == []
-    hw = http.get("/api/v1/hardware/info").json()
-    assert hw["vram_gb"] is None or hw["vram_gb"] > 0  # picks Scope's quantization default
-    assert (hw["spout_available"], hw["ndi_available"], hw["syphon_available"]) == (
+            "produces_audio"} <= body.keys()
+    assert body["loaded_lora_adapters"] == []
+
+
+def check_hardware(body: Any) -> None:
+    assert body["vram_gb"] is None or body["vram_gb"] > 0  # picks Scope's quantization default
+    assert (body["spout_available"], body["ndi_available"], body["syphon_available"]) == (
         False, False, False)
-    assert hw["cpu_count"] >= 1 and (hw["ram_gb"] is None or hw["ram_gb"] > 0)
-    assert hw["cuda_available"] == bool(hw["gpus"]) == (hw["gpu_name"] is not None)
-    assert http.get("/api/v1/input-sources").json() == {"input_sources": []}
-    assert http.get("/api/v1/loras").json() == {"lora_files": []}
-    assert http.get("/api/v1/plugins").json() == {"plugins": [], "total": 0,
-                                                  "failed_plugins": []}
-    assert http.get("/api/v1/nodes/definitions").json() == {"nodes": []}
-    onboarding = http.get("/api/v1/onboarding/status").json()
-    assert onboarding["completed"] in (True, False) and "inference_mode" in onboarding
-    cloud = http.get("/api/v1/cloud/status").json()
-    assert (cloud["connected"], cloud["connecting"], cloud["error"]) == (False, False, None)
-    logs = http.get("/api/v1/logs/tail", params={"lines": 200, "since_offset": 0}).json()
-    assert isinstance(logs["lines"], list) and isinstance(logs["offset"], int)
-    tempo = http.get("/api/v1/tempo/status").json()
-    assert (tempo["enabled"], tempo["beats_per_bar"], tempo["beat_state"]) == (False, 4, None)
-    assert http.get("/api/v1/tempo/sources").json() == {"sources": {}}
-    dmx = http.get("/api/v1/dmx/status").json()
-    assert dmx["enabled"] is False and dmx["listening"] is False
-    assert http.get("/api/v1/osc/status").json()["listening"] is False
-    r = http.post("/api/v1/osc/inventory", json={"paths": [
-        {"osc_address": "/scope/noise_scale", "type": "float", "min": 0, "max": 1}]})
-    assert r.json() == {"count": 1}
+    assert body["cpu_count"] >= 1 and (body["ram_gb"] is None or body["ram_gb"] > 0)
+    assert body["cuda_available"] == bool(body["gpus"]) == (body["gpu_name"] is not None)
+
+
+def check_onboarding(body: Any) -> None:
+    assert body["completed"] in (True, False) and "inference_mode" in body
+
+
+def check_cloud(body: Any) -> None:
+    assert (body["connected"], body["connecting"], body["error"]) == (False, False, None)
+
+
+def check_logs(body: Any) -> None:
+    assert isinstance(body["lines"], list) and isinstance(body["offset"], int)
+
+
+def check_tempo(body: Any) -> None:
+    assert (body["enabled"], body["beats_per_bar"], body["beat_state"]) == (False, 4, None)
+
+
+def check_disabled(body: Any) -> None:
+    assert body["enabled"] is False and body["listening"] is False
+
+
+def equals(expected: Any) -> Any:
+    def check(body: Any) -> None:
+        assert body == expected
+
+    return check
+
+
+# docs/scope-app.md's "page load" table: each call and what Scope's app reads from its answer.
+PAGE_LOAD = {
+    "GET /health": check_health,
+    "GET /api/v1/pipelines/schemas": lambda body: body["pipelines"]["cpu-effect"],
+    "GET /api/v1/pipeline/status": check_status,
+    "GET /api/v1/hardware/info": check_hardware,
+    "GET /api/v1/input-sources": equals({"input_sources": []}),
+    "GET /api/v1/loras": equals({"lora_files": []}),
+    "GET /api/v1/plugins": equals({"plugins": [], "total": 0, "failed_plugins": []}),
+    "GET /api/v1/nodes/definitions": equals({"nodes": []}),
+    "GET /api/v1/onboarding/status": check_onboarding,
+    "PUT /api/v1/onboarding/status": check_onboarding,
+    "GET /api/v1/cloud/status": check_cloud,
+    "GET /api/v1/logs/tail?lines=200&since_offset=0": check_logs,
+    "GET /api/v1/tempo/status": check_tempo,
+    "GET /api/v1/tempo/sources": equals({"sources": {}}),
+    "GET /api/v1/dmx/status": check_disabled,
+    "GET /api/v1/osc/status": check_disabled,
+    "POST /api/v1/osc/inventory": equals({"count": 1}),
+}
+BODIES = {
+    "PUT /api/v1/onboarding/status": {"inference_mode": "local"},
+    "POST /api/v1/osc/inventory": {"paths": [{"osc_address": "/scope/noise_scale",
+                                              "type": "float", "min": 0, "max": 1}]},
+}
+
+
+@pytest.mark.parametrize("call", list(PAGE_LOAD))
+def test_page_load_call_answers_in_scopes_shape(http: httpx.Client, call: str) -> None:
+    method, path = call.split(" ")
+    r = http.request(method, path, json=BODIES.get(call))
+    assert 200 <= r.status_code < 300, r.text
+    PAGE_LOAD[call](r.json())
+
+
+def test_page_load_osc_stream_is_an_open_quiet_event_stream(http: httpx.Client) -> None:
     with http.stream("GET", "/api/v1/osc/stream") as stream:
+        assert stream.status_code == 200
         assert stream.headers["content-type"].startswith("text/event-stream")
         first = next(stream.iter_lines())
         assert first.startswith(":")  # a comment: no OSC events, ever
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "/api/v1/osc/inventory", {}),
+    ("POST", "/api/v1/osc/inventory", {"paths": [{"type": "float"}]}),
+    ("POST", "/api/v1/osc/inventory", {"paths": [{"osc_address": "/a", "type": "f"}] * 2001}),
+    ("POST", "/api/v1/osc/inventory", [1]),
+])
+def test_not_here_routes_refuse_bad_input(http: httpx.Client, method: str, path: str,
+                                          body: Any) -> None:
+    r = http.request(method, path, json=body)
+    assert r.status_code == 422 and "detail" in r.json()
 
 
 def test_the_osc_stream_ends_cleanly_when_the_server_stops() -> None:
