@@ -29,6 +29,7 @@ from pipeline.wan.video import WanVideoPipeline
 from tests.tiny_wan import build_tiny_wan
 
 SIZE = 16
+pytestmark = pytest.mark.timeout(600)  # model building and video chunks on a shared 2-core CPU
 
 
 @pytest.fixture(scope="module")
@@ -563,3 +564,23 @@ def test_the_benchmark_takes_gpu_checks_options() -> None:
         args = wan_pipeline.parse_args(run["args"])
         assert args.config == "longlive" and args.device == "cuda" and args.chunks == 10
         assert args.compile == run["compile"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_cuda_chunks_match_cpu(files: dict[str, Path], sdv2: WanVideoPipeline,
+                               dtype: str) -> None:
+    """The whole loop on CUDA (VAE, UMT5, causal transformer, sampler) gives the CPU float32
+    frames, to a tolerance that half precision allows."""
+    gpu = load(StreamDiffusionV2Pipeline, files, device="cuda", dtype=dtype)
+    assert gpu.transformer.device.type == "cuda"
+    tolerance = 2.0 if dtype == "float32" else 12.0  # mean |Δ| in 0..255 levels
+    for frames in (video(5), None):
+        cpu_state, gpu_state = sdv2.new_state(), gpu.new_state()
+        for count in (5, 4):
+            clip = None if frames is None else video(count, count)
+            want = chunk(sdv2, cpu_state, clip).astype(float)
+            got = chunk(gpu, gpu_state, clip).astype(float)
+            assert got.shape == want.shape
+            assert np.abs(got - want).mean() <= tolerance, (dtype, np.abs(got - want).mean())
