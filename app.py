@@ -4,6 +4,7 @@ Gradio UI, and runs uvicorn. `python app.py --help` lists the options."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
@@ -23,7 +24,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from pipeline import LocalPathPolicy, PipelineService
 from signaling.config import ServerSettings
-from signaling.encoder import use_live_encoder
+from signaling.encoder import encode_at_low_priority, use_live_encoder
 from signaling.errors import install_error_handlers
 from signaling.ice import IceServerProvider, is_loopback_host
 from signaling.jitter import release_frames_on_marker
@@ -71,6 +72,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.logs.install()  # the server's own log lines, for /api/v1/logs
         service.adopt_remote()  # Ray workers another front loaded already
+        encode_at_low_priority(asyncio.get_running_loop())
         service.start()
         if settings.pipeline:  # a no-op when adopted Ray workers have it loaded already
             service.load(settings.pipeline, load_params)

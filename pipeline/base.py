@@ -111,6 +111,10 @@ class Pipeline(ABC):
     outputs: ClassVar[tuple[str, ...]] = ("video",)
     """Graph ports (Scope's workflow editor)."""
     Params: ClassVar[type[LoadParams]] = LoadParams
+    passes_input_through: ClassVar[bool] = False
+    """True for a pipeline whose output is its input, frame for frame (passthrough): the
+    service then sends the transport's decoded frames back as they are, without calling
+    `process` and without converting them to RGB and back."""
     max_batch_size: ClassVar[int] = 8
     max_sessions: ClassVar[int] = 8
     """Sessions one server can serve at interactive rates; --max-sessions overrides it."""

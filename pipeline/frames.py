@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -26,11 +26,15 @@ class InputFrame:
     time_base: Fraction | None
     arrived: float
     """time.monotonic() when the transport handed it over (for latency figures)."""
+    native: Any = None
+    """The transport's own decoded frame (opaque here). A pipeline that passes its input
+    through (`Pipeline.passes_input_through`) gets it sent back untouched: no RGB round trip."""
 
 
 @dataclass
 class OutputFrame:
-    image: np.ndarray
+    image: Any
+    """H×W×3 uint8 RGB, or an input's `native` frame handed back untouched."""
     pts: int
     time_base: Fraction
     source_arrived: float | None

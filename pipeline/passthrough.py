@@ -17,6 +17,7 @@ class PassthroughPipeline(Pipeline):
     description = "Returns the input video unchanged; for testing transport and latency."
     modes: ClassVar[tuple[Mode, ...]] = ("video",)
     supports_prompts = False
+    passes_input_through = True  # the service skips `process` and any RGB conversion
     max_batch_size = 64
     max_sessions = 32
 

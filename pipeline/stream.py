@@ -59,7 +59,8 @@ class Stream:
 
     def push(self, frame: InputFrame) -> None:
         """Hand over a received frame; it pushes out the oldest unprocessed one when the window
-        is full (counted as a drop)."""
+        is full (counted as a drop). Thread-safe: the transport calls it from its decoder
+        threads."""
         self._seen_input = True
         self.stats.received(dropped=self.window.put(frame))
         self.worker.wake()

@@ -350,6 +350,11 @@ class Worker:
             if stream.params.paused:
                 self._repeat_last(item)
                 continue
+            if (self._cls is not None and self._cls.passes_input_through
+                    and item.sources is not None
+                    and all(source.native is not None for source in item.sources)):
+                self._pass_through(item, generation)
+                continue
             try:
                 frames = (None if item.sources is None
                           else np.stack([s.decode() for s in item.sources]))
@@ -389,17 +394,31 @@ class Worker:
             self._deliver(item, result, generation, now)
 
     def _deliver(self, item: _Work, result: JobResult, generation: int, now: float) -> None:
-        stream = item.stream
         assert result.chunk is not None
-        frames = stream.stamp(list(result.chunk), item.sources, now)
+        self._emit(item, list(result.chunk), result.next_frames, result.process_s, generation,
+                   now)
+
+    def _pass_through(self, item: _Work, generation: int) -> None:
+        """The output is the input (`Pipeline.passes_input_through`): the transport's own frames
+        go back as they came, with no RGB round trip and no engine call (nor a Ray hop)."""
+        assert item.sources is not None
+        item.stream.params.snapshot(self.defaults_for(item.mode))  # advances as a call would
+        self._emit(item, [source.native for source in item.sources], len(item.sources), 0.0,
+                   generation, time.monotonic())
+
+    def _emit(self, item: _Work, chunk: list[Any], next_frames: int, process_s: float,
+              generation: int, now: float) -> None:
+        """Stamp one session's output, count it, and hand it to the session."""
+        stream = item.stream
+        frames = stream.stamp(chunk, item.sources, now)
         stream.produced += len(frames)
         stream.last_output = frames[-1]
-        stream.generation, stream.next_frames = generation, result.next_frames
-        stream.stats.dropped(stream.window.set_capacity(result.next_frames))
+        stream.generation, stream.next_frames = generation, next_frames
+        stream.stats.dropped(stream.window.set_capacity(next_frames))
         if item.sources is None:  # text mode: the next call is due when this chunk has played
             stream.next_due = max(stream.next_due + len(frames) / self.text_fps, item.collected)
         stream.stats.produced(_latencies(frames, now, item.sources is not None),
-                              result.process_s, chunk_wait_s=_chunk_wait(item.sources))
+                              process_s, chunk_wait_s=_chunk_wait(item.sources))
         with self._cond:  # status() reads the meter from the event loop
             for _ in frames:
                 self._rate.tick(now)

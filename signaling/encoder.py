@@ -10,7 +10,9 @@ faster speed keeps the per-frame cost predictable. Measured on 512² frames
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
 
 import aiortc.rtcrtpsender
 import av
@@ -20,6 +22,8 @@ from aiortc.codecs.vpx import Vp8Encoder, number_of_threads
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.frame import Frame
 from av.video.codeccontext import VideoCodecContext
+
+from .priority import lower_this_thread
 
 CPU_USED = "8"
 """libvpx speed in realtime mode: 8 is fast with no automatic adjustment (negative values let
@@ -78,3 +82,11 @@ def _live_encoder(codec: RTCRtpCodecParameters) -> Encoder:
 def use_live_encoder() -> None:
     """Make every RTCRtpSender created from now on encode VP8 with `LiveVp8Encoder`."""
     aiortc.rtcrtpsender.get_encoder = _live_encoder  # type: ignore[assignment]
+
+
+def encode_at_low_priority(loop: asyncio.AbstractEventLoop) -> None:
+    """aiortc encodes on the loop's default executor: give it threads that yield the CPU to the
+    event loop and the decoders when it runs short (`signaling.priority`). Encoding is
+    latest-wins work: a slow encoder sends fewer frames instead of making every frame late."""
+    loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="sheddable",
+                                                 initializer=lower_this_thread))

@@ -173,6 +173,9 @@ class Recording:
                     break
                 picture = self._scaler.reformat(frame, width=stream.width, height=stream.height,
                                                 format="yuv420p", threads=1)
+                if picture is frame:  # nothing to convert: the sender's own frame, not ours to
+                    # restamp (its encoder reads it too): a copy
+                    picture = VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
                 pts = max(last_pts + 1, int(elapsed * 1000))
                 picture.pts, picture.time_base, last_pts = pts, TIME_BASE, pts
                 self._mux(container, stream.encode(picture))

@@ -46,6 +46,7 @@ from .messages import (
     scope_view,
 )
 from .models import IceCandidateModel
+from .receiving import deliver_directly, discard
 from .recording import Recording, RecordingError, RecordingLimits
 from .sdp import OfferSummary, parse_candidate
 from .tracks import PipelineTrack
@@ -119,21 +120,30 @@ class Session:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "video" and not self._receiving:
             self._receiving = True  # only the first video m-line feeds the pipeline
-            self._spawn(self._pump(track))
+            if not deliver_directly(track, self._on_decoded):
+                self._spawn(self._pump(track))
+                return
         else:
-            self._spawn(_drain(track))  # aiortc queues received frames without bound
+            deliver_directly(track, discard)
+        self._spawn(_drain(track))  # ends with the stream
+
+    def _on_decoded(self, frame: VideoFrame) -> None:
+        """A received frame, on aiortc's decoder thread (never waiting for the event loop):
+        into the stream's window of latest frames. Conversion to RGB happens on the worker, only
+        for frames that are processed, and only for pipelines that need RGB."""
+        stream = self.stream
+        if stream is not None:
+            stream.push(_input_frame(frame))
 
     async def _pump(self, track: MediaStreamTrack) -> None:
-        """Move received frames into the stream's window of latest frames. Conversion to RGB happens
-        on the worker, and only for frames that are processed."""
+        """The same for a track whose frames arrive through `recv()`."""
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
             if self.stream is not None:
-                self.stream.push(InputFrame(decode=_rgb_decoder(frame), pts=frame.pts,
-                                            time_base=frame.time_base, arrived=time.monotonic()))
+                self.stream.push(_input_frame(frame))
 
     # --- server-side recording ---------------------------------------------------------------
 
@@ -317,7 +327,10 @@ class _Sink:
     def on_frames(self, frames: Sequence[OutputFrame]) -> None:
         videos = []
         for frame in frames:  # conversion on the worker, not the loop
-            video = VideoFrame.from_ndarray(frame.image, format="rgb24")
+            if isinstance(frame.image, VideoFrame):
+                video = frame.image  # a received frame passed through untouched
+            else:
+                video = VideoFrame.from_ndarray(frame.image, format="rgb24")
             video.pts, video.time_base = frame.pts, frame.time_base
             videos.append(video)
         self._call(self._session.output.deliver, videos)
@@ -330,8 +343,9 @@ class _Sink:
             self._loop.call_soon_threadsafe(fn, *args)
 
 
-def _rgb_decoder(frame: VideoFrame) -> Callable[[], Any]:
-    return lambda: frame.to_ndarray(format="rgb24")
+def _input_frame(frame: VideoFrame) -> InputFrame:
+    return InputFrame(decode=lambda: frame.to_ndarray(format="rgb24"), native=frame,
+                      pts=frame.pts, time_base=frame.time_base, arrived=time.monotonic())
 
 
 async def _drain(track: MediaStreamTrack) -> None:

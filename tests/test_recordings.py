@@ -7,6 +7,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -166,3 +167,25 @@ def test_odd_and_changing_frame_sizes_still_make_a_playable_file(rec_dir: Path) 
         sizes = {(f.width, f.height) for f in container.decode(video=0)}
     assert sizes == {(62, 46)}
     recording.discard()
+
+
+def test_frames_passed_through_are_recorded_without_being_restamped(rec_dir: Path) -> None:
+    """A passed-through frame is the WebRTC encoder's too: the recording must not touch it."""
+    frames = []
+    for i in range(5):
+        frame = VideoFrame.from_ndarray(np.full((64, 64, 3), 40 * i, np.uint8),
+                                        format="rgb24").reformat(format="yuv420p")
+        frame.pts, frame.time_base = 4500 * (100 + i), Fraction(1, 90_000)
+        frames.append(frame)
+    recording = Recording("passed", RecordingLimits(directory=rec_dir))
+    try:
+        for frame in frames:
+            recording.offer(frame)
+        deadline = time.monotonic() + 30
+        while recording.info().frames < len(frames):
+            assert time.monotonic() < deadline and recording.error is None, recording.error
+            time.sleep(0.05)
+    finally:
+        recording.discard()
+    assert [(f.pts, f.time_base) for f in frames] == [
+        (4500 * (100 + i), Fraction(1, 90_000)) for i in range(5)]
