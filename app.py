@@ -271,8 +271,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ray: pipeline workers are Ray actors placed on the cluster's GPUs "
                              "(pip install -r requirements-ray.txt)")
     parser.add_argument("--ray-address", default=None,
-                        help="Ray cluster to join ('auto': the one `ray start` made here; "
-                             "default: RAY_ADDRESS, else a local cluster started for this server)")
+                        help="Ray cluster to join, e.g. HEAD:6379 ('auto': the one `ray start` "
+                             "made here; default: RAY_ADDRESS, else a `ray start` cluster here, "
+                             "else a local cluster started for this server)")
     parser.add_argument("--ray-workers", type=int, default=None,
                         help="pipeline actors (default: one per GPU of the cluster, or one)")
     parser.add_argument("--ray-gpus-per-worker", type=float, default=None,
