@@ -38,12 +38,25 @@ def deliver_directly(track: MediaStreamTrack, consumer: FrameConsumer) -> bool:
     """Send `track`'s decoded frames to `consumer` on the decoder thread; `track.recv()` then
     only raises MediaStreamError when the stream ends. Call it when the track appears (the
     `track` event, before the receiver starts decoding). False when `track` is not a received
-    aiortc track: read it with `recv()` as usual."""
+    aiortc track: read it with `recv()` as usual. The registration lasts as long as the track
+    (`consumer` should not hold on to what holds the track: see `weak_consumer`)."""
     if not isinstance(track, RemoteStreamTrack):
         return False
     aiortc.rtcrtpreceiver.decoder_worker = _decoder_worker  # type: ignore[assignment]
     _consumers[track._queue] = consumer
     return True
+
+
+def weak_consumer(method: Callable[[av.VideoFrame], None]) -> FrameConsumer:
+    """A consumer calling a bound method without keeping its object alive."""
+    ref = weakref.WeakMethod(method)
+
+    def consume(frame: av.VideoFrame) -> None:
+        target = ref()
+        if target is not None:
+            target(frame)
+
+    return consume
 
 
 def discard(frame: av.VideoFrame) -> None:
@@ -58,6 +71,7 @@ def _decoder_worker(loop: asyncio.AbstractEventLoop, input_q: queue.Queue[Any],
     while True:
         task = input_q.get()
         if task is None:  # the receiver stopped: end the track
+            _consumers.pop(output_q, None)
             asyncio.run_coroutine_threadsafe(output_q.put(None), loop)
             break
         codec, encoded_frame = task

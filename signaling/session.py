@@ -46,7 +46,7 @@ from .messages import (
     scope_view,
 )
 from .models import IceCandidateModel
-from .receiving import deliver_directly, discard
+from .receiving import deliver_directly, discard, weak_consumer
 from .recording import Recording, RecordingError, RecordingLimits
 from .sdp import OfferSummary, parse_candidate
 from .tracks import PipelineTrack
@@ -120,7 +120,7 @@ class Session:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "video" and not self._receiving:
             self._receiving = True  # only the first video m-line feeds the pipeline
-            if not deliver_directly(track, self._on_decoded):
+            if not deliver_directly(track, weak_consumer(self._on_decoded)):
                 self._spawn(self._pump(track))
                 return
         else:

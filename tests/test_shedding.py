@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import gc
 import os
 import queue
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -30,7 +32,7 @@ from pipeline.registry import register
 from signaling.client import LiveV2VClient, NumberedFrames, draw_number, read_frame_number
 from signaling.encoder import LiveVp8Encoder, encode_at_low_priority
 from signaling.priority import SHEDDABLE_NICENESS, lower_this_thread
-from signaling.receiving import deliver_directly
+from signaling.receiving import deliver_directly, weak_consumer
 from tests.conftest import serve_in_thread
 from tests.pipelines import RecordingSink
 
@@ -171,3 +173,16 @@ async def test_a_stuck_pipeline_sheds_stale_frames_and_a_fresh_session_still_con
                     await fresh.recv(timeout_s=30)
     finally:
         StuckPipeline.gate.set()
+
+
+def test_a_session_is_not_kept_alive_by_its_frame_consumer() -> None:
+    class Owner:
+        def on_frame(self, frame: VideoFrame) -> None: ...
+
+    owner = Owner()
+    track = RemoteStreamTrack(kind="video")
+    assert deliver_directly(track, weak_consumer(owner.on_frame))
+    gone = weakref.ref(owner)
+    del owner
+    gc.collect()
+    assert gone() is None
