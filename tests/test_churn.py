@@ -18,6 +18,10 @@ from tests.conftest import ROOT, serve_in_thread
 
 SESSIONS = int(os.environ.get("CHURN_SESSIONS", "200"))
 AT_ONCE = 8
+CONNECT_TIMEOUT_S = 20.0
+"""How long the server gives a session to connect before reaping it. Never-connecting sessions
+wait this long; it must not be short, or a real client whose ICE+DTLS handshake is slow on a busy
+machine (over 2 s, seen) is reaped mid-handshake and then waits forever for its first frame."""
 
 
 def open_fds() -> int:
@@ -39,7 +43,7 @@ async def one_session(url: str, i: int) -> str:
     client = LiveV2VClient(url)
     try:
         await client.connect(NumberedFrames(size=64, fps=30))
-        await client.recv()
+        await client.recv(timeout_s=CONNECT_TIMEOUT_S + 30)
         if kind == "polite":
             assert await client.stop() == 204
     finally:
@@ -67,7 +71,7 @@ async def server_tasks(loop: asyncio.AbstractEventLoop) -> int:
 
 
 async def test_churn_leaks_nothing() -> None:
-    with serve_in_thread(pipeline="passthrough", connect_timeout_s=2.0,
+    with serve_in_thread(pipeline="passthrough", connect_timeout_s=CONNECT_TIMEOUT_S,
                          max_sessions=SESSIONS) as server:
         sessions = server.app.state.sessions
         service = server.app.state.service
@@ -91,7 +95,7 @@ async def test_churn_leaks_nothing() -> None:
     assert rss_after - rss_before < 300 * 1024, "memory grew without bound"
 
 
-async def wait_empty(sessions, service, timeout_s: float = 20.0) -> None:
+async def wait_empty(sessions, service, timeout_s: float = CONNECT_TIMEOUT_S + 40) -> None:
     deadline = time.monotonic() + timeout_s
     while len(sessions) or service.stream_count:
         assert time.monotonic() < deadline, f"{len(sessions)} sessions left"
