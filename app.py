@@ -60,7 +60,12 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     sessions = SessionRegistry(service, ice, max_sessions=settings.max_sessions,
                                connect_timeout_s=settings.connect_timeout_s,
                                time_limit_s=settings.session_time_limit_s,
-                               recording=settings.recording, front_id=settings.front_id)
+                               recording=settings.recording, front_id=settings.front_id,
+                               max_pending=settings.max_pending,
+                               # on loopback every client has the same address
+                               max_pending_per_client=None if local else
+                               settings.max_pending_per_client,
+                               ice_idle_s=settings.ice_idle_timeout_s)
     release_frames_on_marker()  # one frame interval less latency per received frame
     use_live_encoder()  # VP8 settings for clean live video: half the encoder's CPU
     if local:
@@ -239,6 +244,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="concurrent sessions; past it offers get 503 (default: what the "
                              "pipeline can serve: passthrough 32, cpu-effect 16, "
                              "streamdiffusion 4)")
+    parser.add_argument("--max-pending", type=int, default=None,
+                        help="sessions answered but not connected yet; past it offers get 503 "
+                             "(default: 2 x --max-sessions, at least 16). They do not count "
+                             "against --max-sessions")
+    parser.add_argument("--max-pending-per-client", type=int, default=4,
+                        help="pending sessions per client address on non-loopback binds; past "
+                             "it offers get 429 (default 4; 0 turns it off). Behind a proxy set "
+                             "FORWARDED_ALLOW_IPS to the proxy's address so clients are told apart")
     parser.add_argument("--session-time-limit", type=float, default=None, metavar="SECONDS",
                         help="end each session after this long (useful on shared Spaces)")
     parser.add_argument("--root-path", default="", help="URL prefix behind a proxy")
@@ -301,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         pipeline=None if pipeline == "none" else pipeline,
         cors_origins=[o.strip() for o in args.cors_origins.split(",") if o.strip()],
         max_sessions=args.max_sessions, session_time_limit_s=args.session_time_limit,
+        max_pending=args.max_pending,
+        max_pending_per_client=args.max_pending_per_client or None,
         root_path=args.root_path, api_key=args.api_key, models_dir=args.models_dir,
         data_dir=args.data_dir,
         assets_dir=args.assets_dir, asset_max_bytes=int(args.asset_max_mb * 1024 * 1024),

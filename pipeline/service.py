@@ -174,9 +174,10 @@ class PipelineService:
     # --- streams ------------------------------------------------------------------------------
 
     def open_stream(self, sink: StreamSink, *, offers_video: bool,
-                    initial: ParameterUpdate | None = None) -> Stream:
+                    initial: ParameterUpdate | None = None, held: bool = False) -> Stream:
         """Attach a session to the least-loaded worker with the pipeline loaded. Raises
-        NotLoadedError, LoadingError, UnsupportedModeError."""
+        NotLoadedError, LoadingError, UnsupportedModeError. A `held` stream gets no work
+        until `Stream.release()` (its peer has not connected yet)."""
         with self._lock:
             ready = [w for w in self.workers if w.state == "loaded"]
             if not ready:
@@ -197,7 +198,7 @@ class PipelineService:
                     f"Pipeline {cls.id!r} needs input video (it has no text mode); "
                     "send a video track.")
             worker = min(ready, key=lambda w: (w.stream_count, w.index))
-            return worker.attach(sink, offers_video=offers_video, initial=initial)
+            return worker.attach(sink, offers_video=offers_video, initial=initial, held=held)
 
     @property
     def stream_count(self) -> int:

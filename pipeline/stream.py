@@ -36,7 +36,7 @@ class Stream:
     """Created by `PipelineService.open_stream`; one per session, pinned to one worker."""
 
     def __init__(self, worker: Worker, sink: StreamSink, *, offers_video: bool,
-                 initial: ParameterUpdate | None = None) -> None:
+                 initial: ParameterUpdate | None = None, held: bool = False) -> None:
         self.id = uuid.uuid4().hex
         self.worker = worker
         self.sink = sink
@@ -45,6 +45,7 @@ class Stream:
         self.window: FrameWindow[InputFrame] = FrameWindow()
         self.stats = StreamStats()
         self.opened = time.monotonic()
+        self.held = held  # no work until release(): the session's peer has not connected
         self.closed = False
         # Below: touched by the worker thread only.
         self.generation = -1  # the worker's load it last ran on (its state is per load)
@@ -79,6 +80,12 @@ class Stream:
 
     def effective_parameters(self) -> dict[str, Any]:
         return self.params.effective(self.worker.defaults_for(self.mode_hint()))
+
+    def release(self) -> None:
+        """Start producing (the peer connected); the text-mode grace starts now."""
+        self.opened = time.monotonic()
+        self.held = False
+        self.worker.wake()
 
     def close(self) -> None:
         self.closed = True

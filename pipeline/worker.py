@@ -260,8 +260,8 @@ class Worker:
             return len(self._streams)
 
     def attach(self, sink: Any, *, offers_video: bool,
-               initial: ParameterUpdate | None) -> Stream:
-        stream = Stream(self, sink, offers_video=offers_video, initial=initial)
+               initial: ParameterUpdate | None, held: bool = False) -> Stream:
+        stream = Stream(self, sink, offers_video=offers_video, initial=initial, held=held)
         with self._cond:
             stream.window.set_capacity(self.engine.first_frames)
             self._streams.append(stream)
@@ -325,6 +325,8 @@ class Worker:
         work: list[_Work] = []
         next_due: float | None = None
         for stream in self._streams:
+            if stream.held:
+                continue
             mode = stream.resolve_mode(cls.modes, now)
             if mode == "video":
                 fresh = stream.generation != self._generation or stream.params.reset_pending

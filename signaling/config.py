@@ -23,6 +23,12 @@ class ServerSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     max_sessions: int | None = Field(default=None, ge=1)
     connect_timeout_s: float = Field(default=30.0, gt=0)
+    ice_idle_timeout_s: float = Field(default=10.0, gt=0)
+    """A session whose client sent no ICE candidate is closed after this long."""
+    max_pending: int | None = Field(default=None, ge=1)
+    """Sessions answered but not connected yet (default: 2 × max sessions, at least 16)."""
+    max_pending_per_client: int | None = Field(default=4, ge=1)
+    """Pending sessions per client address, on non-loopback binds (None: no per-client bound)."""
     session_time_limit_s: float | None = Field(default=None, gt=0)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     root_path: str = ""

@@ -20,6 +20,8 @@ class SdpError(ValueError):
 class OfferSummary:
     video_direction: str
     """Direction of the first video m-line as the client sees it (sendrecv, recvonly, …)."""
+    candidates: int = 0
+    """ICE candidates in the offer (0 for a client that trickles them, or sends none)."""
 
     @property
     def client_sends_video(self) -> bool:
@@ -43,7 +45,8 @@ def check_offer(sdp: str, sdp_type: str) -> OfferSummary:
         raise SdpError("offer lacks ICE credentials or a DTLS fingerprint")
     if not first.rtp.codecs:
         raise SdpError("offer's video m-line lists no codecs")
-    return OfferSummary(video_direction=first.direction or "sendrecv")
+    return OfferSummary(video_direction=first.direction or "sendrecv",
+                        candidates=sum(len(m.ice_candidates) for m in parsed.media))
 
 
 def parse_candidate(line: str, sdp_mid: str | None, sdp_mline_index: int | None) -> RTCIceCandidate:

@@ -61,9 +61,18 @@ class Session:
     def __init__(self, service: PipelineService, configuration: RTCConfiguration, *,
                  connect_timeout_s: float = 30.0, time_limit_s: float | None = None,
                  on_closed: Callable[[Session], None] | None = None,
-                 recording: RecordingLimits | None = None, id_prefix: str = "") -> None:
+                 on_connected: Callable[[Session], None] | None = None,
+                 recording: RecordingLimits | None = None, id_prefix: str = "",
+                 client: str | None = None, ice_idle_s: float = 10.0) -> None:
         self.id = f"{id_prefix}{uuid.uuid4()}"  # the prefix names the front (--front-id)
         self.created = time.monotonic()
+        self.client = client  # the remote address that sent the offer (per-client bounds)
+        self.connected_at: float | None = None  # None while pending (offer answered, no ICE/DTLS)
+        self._on_connected = on_connected
+        self._ice_idle = ice_idle_s
+        self._remote_candidates = 0
+        self._refused = False
+        self._channel_opened = asyncio.Event()
         self._service = service
         self._loop = asyncio.get_running_loop()
         self._connect_timeout = connect_timeout_s
@@ -92,8 +101,10 @@ class Session:
         """Apply the offer, attach to the pipeline, and return the complete answer (aiortc
         gathers all candidates before it returns: the server does not trickle)."""
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        self._remote_candidates = offer.candidates
+        # Held until the peer connects: a session that never connects costs no pipeline work.
         self.stream = self._service.open_stream(_Sink(self), offers_video=offer.client_sends_video,
-                                                initial=initial)
+                                                initial=initial, held=True)
         # The output is bound to the first video m-line, whatever its direction.
         self.pc.addTrack(self.output)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
@@ -113,6 +124,7 @@ class Session:
                   parse_candidate(c.candidate, c.sdpMid, c.sdpMLineIndex) for c in candidates]
         for candidate in parsed:
             if candidate is not None:  # an empty candidate only marks the end of gathering
+                self._remote_candidates += 1
                 await self.pc.addIceCandidate(candidate)
 
     # --- media ----------------------------------------------------------------------------
@@ -189,6 +201,7 @@ class Session:
             channel.on("open", self._on_channel_open)
 
     def _on_channel_open(self) -> None:
+        self._channel_opened.set()
         outbox, self._outbox = self._outbox, []
         for message in outbox:
             self.send(message)
@@ -248,9 +261,22 @@ class Session:
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    @property
+    def pending(self) -> bool:
+        """Answered but not connected yet (ICE or DTLS not done), and not closing."""
+        return self.connected_at is None and not self.closing
+
     async def _watch_connect(self) -> None:
-        await asyncio.sleep(self._connect_timeout)
-        if self.pc.connectionState != "connected":
+        # ICE has nothing to check without a remote candidate: do not wait the full timeout.
+        idle = min(self._ice_idle, self._connect_timeout)
+        await asyncio.sleep(idle)
+        if self.connected_at is None and self._remote_candidates == 0:
+            log.info("session %s: no ICE candidate from the client after %.0f s; closing",
+                     self.id, idle)
+            self.close_soon("No ICE candidates arrived from the client")
+            return
+        await asyncio.sleep(self._connect_timeout - idle)
+        if self.connected_at is None:
             log.info("session %s: not connected after %.0f s; closing", self.id,
                      self._connect_timeout)
             self.close_soon("Connection did not complete in time")
@@ -262,12 +288,30 @@ class Session:
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
         log.info("session %s: connection %s", self.id, state)
+        if state == "connected" and self.connected_at is None and not self.closing:
+            self.connected_at = time.monotonic()
+            if self._on_connected is not None:
+                self._on_connected(self)  # may refuse it (the streaming slots filled meanwhile)
+            if self.stream is not None and not self.closing:
+                self.stream.release()
         if state in ("failed", "closed"):
             self.close_soon(None if state == "closed" else "Connection failed")
 
     @property
     def closing(self) -> bool:
-        return self._closing is not None
+        return self._closing is not None or self._refused
+
+    def refuse(self, error: str, wait_s: float = 5.0) -> None:
+        """Close a just-connected session with `error`, once its channel can carry the
+        stream_stopped (it opens just after the connection); it streams nothing meanwhile."""
+        self._refused = True
+
+        async def refuse() -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._channel_opened.wait(), wait_s)
+            self.close_soon(error)
+
+        self._spawn(refuse())
 
     def close_soon(self, error: str | None = None, *, notify: bool = True) -> asyncio.Task[None]:
         """Start closing (once); callbacks that cannot await use this."""

@@ -1,4 +1,10 @@
-"""The registry of live sessions: creates them from offers, finds them, closes them."""
+"""The registry of live sessions: creates them from offers, finds them, closes them.
+
+Two bounds, so that offers which never connect cannot hold the streaming slots: connected
+sessions count against `max_sessions` (what the pipeline serves); pending ones (answered, ICE or
+DTLS not done) against their own `max_pending`, and per client address against
+`max_pending_per_client` (set on public binds).
+"""
 
 from __future__ import annotations
 
@@ -21,11 +27,17 @@ class CapacityError(RuntimeError):
     """Too many sessions; the client should retry later."""
 
 
+class ClientLimitError(CapacityError):
+    """This client already has too many offers waiting to connect."""
+
+
 class SessionRegistry:
     def __init__(self, service: PipelineService, ice: IceServerProvider, *,
                  max_sessions: int | None = None, connect_timeout_s: float = 30.0,
                  time_limit_s: float | None = None,
-                 recording: RecordingLimits | None = None, front_id: str | None = None) -> None:
+                 recording: RecordingLimits | None = None, front_id: str | None = None,
+                 max_pending: int | None = None, max_pending_per_client: int | None = None,
+                 ice_idle_s: float = 10.0) -> None:
         self.service = service
         self.id_prefix = f"{front_id}-" if front_id else ""
         """Session ids start with the front's name, so a load balancer can route a session's
@@ -35,6 +47,9 @@ class SessionRegistry:
         self._max_sessions = max_sessions
         self.connect_timeout_s = connect_timeout_s
         self.time_limit_s = time_limit_s
+        self._max_pending = max_pending
+        self.max_pending_per_client = max_pending_per_client
+        self.ice_idle_s = ice_idle_s
         self._sessions: dict[str, Session] = {}
 
     @property
@@ -46,6 +61,13 @@ class SessionRegistry:
         cls = self.service.pipeline_class
         return (cls.max_sessions if cls is not None else 8) * self.service.capacity_workers
 
+    @property
+    def max_pending(self) -> int:
+        """--max-pending when given, else twice the streaming capacity (at least 16)."""
+        if self._max_pending is not None:
+            return self._max_pending
+        return max(16, 2 * self.max_sessions)
+
     def __len__(self) -> int:
         return len(self._sessions)
 
@@ -56,24 +78,59 @@ class SessionRegistry:
         """Sessions not closing, oldest first."""
         return [s for s in self._sessions.values() if not s.closing]
 
-    async def open(self, sdp: str, sdp_type: str, initial: ParameterUpdate | None) -> Session:
-        """Answer an offer. Raises SdpError, CapacityError and the service's load errors."""
+    def connected(self) -> list[Session]:
+        """Sessions that connected and are not closing: what streams."""
+        return [s for s in list(self._sessions.values())
+                if s.connected_at is not None and not s.closing]
+
+    def pending(self) -> list[Session]:
+        """Sessions answered but not connected yet."""
+        return [s for s in list(self._sessions.values()) if s.pending]
+
+    async def open(self, sdp: str, sdp_type: str, initial: ParameterUpdate | None,
+                   client: str | None = None) -> Session:
+        """Answer an offer from `client` (its address). Raises SdpError, CapacityError
+        (ClientLimitError for one client's excess) and the service's load errors."""
         summary = check_offer(sdp, sdp_type)
-        if len(self._sessions) >= self.max_sessions:
-            raise CapacityError(f"The server is at capacity ({self.max_sessions} sessions); "
-                                "try again in a moment.")
+        self._check_capacity(client)
         configuration = RTCConfiguration(iceServers=to_aiortc(await self.ice.servers()))
+        self._check_capacity(client)  # other offers may have come in while we waited
         session = Session(self.service, configuration, connect_timeout_s=self.connect_timeout_s,
                           time_limit_s=self.time_limit_s, on_closed=self._forget,
-                          recording=self.recording_limits, id_prefix=self.id_prefix)
+                          on_connected=self._admit, recording=self.recording_limits,
+                          id_prefix=self.id_prefix, client=client, ice_idle_s=self.ice_idle_s)
         self._sessions[session.id] = session
         try:
             await session.answer(sdp, summary, initial)
         except BaseException:
             await session.close(notify=False)
             raise
-        log.info("session %s opened (%d live)", session.id, len(self._sessions))
+        log.info("session %s opened (%d connected, %d pending)", session.id,
+                 len(self.connected()), len(self.pending()))
         return session
+
+    def _check_capacity(self, client: str | None) -> None:
+        if len(self.connected()) >= self.max_sessions:
+            raise CapacityError(f"The server is at capacity ({self.max_sessions} sessions); "
+                                "try again in a moment.")
+        pending = self.pending()
+        if len(pending) >= self.max_pending:
+            raise CapacityError(f"Too many connections are being set up ({self.max_pending}); "
+                                "try again in a moment.")
+        limit = self.max_pending_per_client
+        if (limit is not None and client is not None
+                and sum(1 for s in pending if s.client == client) >= limit):
+            raise ClientLimitError(f"Too many offers from {client} are still connecting "
+                                   f"(limit {limit}); finish or close them first.")
+
+    def _admit(self, session: Session) -> None:
+        """A pending session connected: it streams if a slot is free (the slots may have
+        filled since its offer was answered), else it is told so and closed."""
+        others = sum(1 for s in self.connected() if s is not session)
+        if others >= self.max_sessions:
+            log.info("session %s connected but the server is at capacity; closing", session.id)
+            session.refuse(f"The server is at capacity ({self.max_sessions} sessions); "
+                           "try again in a moment.")
 
     def _forget(self, session: Session) -> None:
         self._sessions.pop(session.id, None)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 
 from pipeline import LoadingError, NotLoadedError, UnsupportedModeError
 
 from ..ice import IceServersResponse
 from ..models import CandidatesRequest, OfferRequest, OfferResponse
 from ..sdp import SdpError
-from ..sessions import CapacityError
+from ..sessions import CapacityError, ClientLimitError
 from .context import RETRY_AFTER_S, ApiContext
 
 
@@ -21,12 +21,15 @@ def router(ctx: ApiContext) -> APIRouter:
     async def ice_servers() -> IceServersResponse:
         return IceServersResponse(iceServers=await ctx.ice.servers())
 
-    @api.post("/offer", response_model=OfferResponse, responses={400: {}, 503: {}})
-    async def offer(body: OfferRequest) -> OfferResponse:
+    @api.post("/offer", response_model=OfferResponse, responses={400: {}, 429: {}, 503: {}})
+    async def offer(body: OfferRequest, request: Request) -> OfferResponse:
+        client = request.client.host if request.client else None
         try:
-            session = await sessions.open(body.sdp, body.type, body.initialParameters)
+            session = await sessions.open(body.sdp, body.type, body.initialParameters, client)
         except (SdpError, NotLoadedError, UnsupportedModeError) as exc:
             raise HTTPException(400, str(exc)) from None
+        except ClientLimitError as exc:  # this client's own excess, not the server's capacity
+            raise HTTPException(429, str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
         except (LoadingError, CapacityError) as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
         except ValueError as exc:  # aiortc rejecting an offer it cannot answer
