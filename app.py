@@ -30,6 +30,8 @@ from signaling.ice import IceServerProvider, is_loopback_host
 from signaling.jitter import release_frames_on_marker
 from signaling.limits import BodyLimitMiddleware
 from signaling.loopback import offer_loopback_candidates
+from signaling.looplag import LoopLagProbe
+from signaling.metrics import OfferOutcomes
 from signaling.recording import RecordingLimits
 from signaling.routes import ApiContext, build_router
 from signaling.sessions import SessionRegistry
@@ -57,6 +59,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     service = build_service(settings, LocalPathPolicy(allow_any=local,
                                                       models_dir=settings.models_dir))
     ice = IceServerProvider(host=settings.host)
+    loop_lag = LoopLagProbe()
     sessions = SessionRegistry(service, ice, max_sessions=settings.max_sessions,
                                connect_timeout_s=settings.connect_timeout_s,
                                time_limit_s=settings.session_time_limit_s,
@@ -65,7 +68,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
                                # on loopback every client has the same address
                                max_pending_per_client=None if local else
                                settings.max_pending_per_client,
-                               ice_idle_s=settings.ice_idle_timeout_s)
+                               ice_idle_s=settings.ice_idle_timeout_s, loop_lag=loop_lag)
     release_frames_on_marker()  # one frame interval less latency per received frame
     use_live_encoder()  # VP8 settings for clean live video: half the encoder's CPU
     if local:
@@ -78,6 +81,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
         ctx.logs.install()  # the server's own log lines, for /api/v1/logs
         service.adopt_remote()  # Ray workers another front loaded already
         encode_at_low_priority(asyncio.get_running_loop())
+        loop_lag.start()
         service.start()
         if settings.pipeline:  # a no-op when adopted Ray workers have it loaded already
             service.load(settings.pipeline, load_params)
@@ -87,6 +91,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
         await sessions.close_all("Server shutting down")
         service.stop()
         await ice.aclose()
+        await loop_lag.stop()
         ctx.logs.uninstall()
 
     app = FastAPI(title="LiveV2V", version=VERSION, lifespan=lifespan,
@@ -98,6 +103,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        larger={"/api/v1/assets": settings.asset_max_bytes})
+    app.add_middleware(OfferOutcomes, metrics=ctx.metrics)  # outside the limit: counts its 413s
     app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex(),
                        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
                        allow_headers=["*"], max_age=600)

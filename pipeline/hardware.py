@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import sys
 from dataclasses import dataclass, field
 
 GIB = 1024**3
@@ -54,3 +55,26 @@ def _ram_gb() -> float | None:
     except (AttributeError, ValueError, OSError):  # not POSIX (Windows)
         return None
     return round(pages * page_size / GIB, 2)
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    index: int
+    allocated_bytes: int  # held by tensors
+    reserved_bytes: int  # held by torch's caching allocator (what nvidia-smi shows, roughly)
+    total_bytes: int
+
+
+def gpu_memory() -> list[GpuMemory]:
+    """Memory per CUDA device, once this process has used CUDA; empty otherwise (without
+    importing torch or initialising CUDA just to ask: a scrape must stay cheap)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return []
+    found = []
+    for index in range(torch.cuda.device_count()):
+        found.append(GpuMemory(index=index,
+                               allocated_bytes=int(torch.cuda.memory_allocated(index)),
+                               reserved_bytes=int(torch.cuda.memory_reserved(index)),
+                               total_bytes=int(torch.cuda.get_device_properties(index).total_memory)))
+    return found

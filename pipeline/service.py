@@ -24,6 +24,7 @@ from . import registry
 from .base import LoadParams, Pipeline
 from .engine import LocalEngine
 from .errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
+from .events import Listener
 from .params import Mode, ParameterUpdate
 from .paths import LocalPathPolicy
 from .stream import Stream, StreamSink
@@ -63,6 +64,11 @@ class PipelineService:
         self._load_params: LoadParams | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Be told of every worker's rounds and loads (pipeline.events), on their threads."""
+        for worker in self.workers:
+            worker.listeners.append(listener)
 
     def start(self) -> None:
         for worker in self.workers:

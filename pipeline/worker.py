@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from . import registry
 from .base import LoadParams, Pipeline, PipelineError, ProgressCallback
 from .engine import Job, JobResult, WorkerLost
+from .events import BatchDone, Listener, LoadDone, ServiceEvent
 from .frames import InputFrame, OutputFrame
 from .params import Mode, ParameterUpdate
 from .stats import RateMeter
@@ -105,6 +106,7 @@ class Worker:
         self._rate = RateMeter()
         self._process_ms: float | None = None
         self._overhead_ms: float | None = None
+        self.listeners: list[Listener] = []  # told of every round and load (pipeline.events)
         self.overheads: deque[float] = deque(maxlen=4096)
         """Remote workers: each round's hop cost in ms (round trip minus the actor's time)."""
 
@@ -174,13 +176,22 @@ class Worker:
             self._generation += 1
             self._cond.notify_all()
 
+    def _tell(self, event: ServiceEvent) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken watcher must not break the pipeline
+                log.exception("worker %d: listener failed", self.index)
+
     def _load(self, cls: type[Pipeline], params: LoadParams) -> None:
+        started = time.perf_counter()
         try:
             self.engine.load(cls, params, self._set_progress)
         except Exception as exc:  # any failure becomes a status the user can read
             message = str(exc) if isinstance(exc, PipelineError | WorkerLost) else (
                 f"{type(exc).__name__}: {exc}")
             log.exception("worker %d: loading pipeline %s failed", self.index, cls.id)
+            self._tell(LoadDone(cls.id, time.perf_counter() - started, ok=False))
             with self._cond:
                 if self._cls is not cls or self._params is not params:
                     return  # superseded by another load or an unload
@@ -205,6 +216,7 @@ class Worker:
         for stream in stranded:
             stream.sink.on_stopped(f"Pipeline {cls.id!r} has no text mode; this session sends "
                                    "no video. Reconnect with a video input.")
+        self._tell(LoadDone(cls.id, time.perf_counter() - started, ok=True))
         log.info("worker %d (%s): pipeline %s loaded", self.index, self.label, cls.id)
 
     def _set_progress(self, fraction: float, stage: str) -> None:
@@ -372,9 +384,11 @@ class Worker:
         if not jobs:
             return
         started = time.perf_counter()
+        pipeline_id = self._cls.id if self._cls is not None else "?"
         try:
             results = self.engine.run(jobs)
         except PipelineError as exc:
+            self._tell(BatchDone(pipeline_id, len(jobs), 0, time.perf_counter() - started, False))
             self._fail([item.stream for item in items], f"Pipeline error: {exc}")
             self._follow_other_fronts()
             return
@@ -382,6 +396,9 @@ class Worker:
         if len(results) != len(items):
             raise PipelineError(f"the engine answered {len(results)} of {len(items)} jobs")
         engine_s = max((r.engine_s for r in results), default=0.0)
+        done = [r for r in results if r.chunk is not None]
+        self._tell(BatchDone(pipeline_id, len(jobs), sum(len(r.chunk) for r in done),
+                             engine_s or round_s, ok=len(done) == len(results)))
         self._process_ms = _ema(self._process_ms, engine_s * 1000.0)
         if self._remote:
             hop_ms = (round_s - engine_s) * 1000.0

@@ -55,6 +55,9 @@ class Stats(BaseModel):
     chunk_wait_ms: float | None = None
     """How long a chunk's first frame waited for the rest (part of pipeline_latency_ms)."""
     input_mode: str | None
+    event_loop_lag_ms: float | None = None
+    """The server's event loop: the most it ran late over the last second (every session's
+    network I/O waits that long)."""
 
 
 ServerMessage = StreamStopped | ParametersUpdated | ParametersApplied | ErrorNotification | Stats

@@ -34,6 +34,7 @@ from pipeline import (
     UnsupportedModeError,
 )
 
+from .looplag import LoopLagProbe
 from .messages import (
     ErrorNotification,
     MessageError,
@@ -63,7 +64,8 @@ class Session:
                  on_closed: Callable[[Session], None] | None = None,
                  on_connected: Callable[[Session], None] | None = None,
                  recording: RecordingLimits | None = None, id_prefix: str = "",
-                 client: str | None = None, ice_idle_s: float = 10.0) -> None:
+                 client: str | None = None, ice_idle_s: float = 10.0,
+                 loop_lag: LoopLagProbe | None = None) -> None:
         self.id = f"{id_prefix}{uuid.uuid4()}"  # the prefix names the front (--front-id)
         self.created = time.monotonic()
         self.client = client  # the remote address that sent the offer (per-client bounds)
@@ -72,6 +74,7 @@ class Session:
         self._ice_idle = ice_idle_s
         self._remote_candidates = 0
         self._refused = False
+        self._loop_lag = loop_lag
         self._channel_opened = asyncio.Event()
         self._service = service
         self._loop = asyncio.get_running_loop()
@@ -255,9 +258,18 @@ class Session:
         while self.channel is not None and self.channel.readyState == "open":
             await asyncio.sleep(STATS_INTERVAL_S)
             if self.stream is not None and self.channel.readyState == "open":
+                lag = self._loop_lag.max_lag_s() if self._loop_lag is not None else None
                 self.send(Stats(**self.stream.stats.snapshot(),
                                 frames_dropped_output=self.output.dropped,
-                                input_mode=self.stream.params.input_mode))
+                                input_mode=self.stream.params.input_mode,
+                                event_loop_lag_ms=None if lag is None else round(lag * 1000, 1)))
+
+    def counters(self) -> dict[str, int]:
+        """Frame totals so far (for the server's metrics)."""
+        stats = self.stream.stats if self.stream is not None else None
+        return {"in": stats.frames_in if stats else 0, "out": stats.frames_out if stats else 0,
+                "dropped_input": stats.frames_dropped if stats else 0,
+                "dropped_output": self.output.dropped}
 
     # --- lifecycle --------------------------------------------------------------------------
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 from aiortc import RTCConfiguration
 
 from pipeline import ParameterUpdate, PipelineService
 
 from .ice import IceServerProvider, to_aiortc
+from .looplag import LoopLagProbe
 from .recording import RecordingLimits
 from .sdp import check_offer
 from .session import Session
@@ -37,7 +39,7 @@ class SessionRegistry:
                  time_limit_s: float | None = None,
                  recording: RecordingLimits | None = None, front_id: str | None = None,
                  max_pending: int | None = None, max_pending_per_client: int | None = None,
-                 ice_idle_s: float = 10.0) -> None:
+                 ice_idle_s: float = 10.0, loop_lag: LoopLagProbe | None = None) -> None:
         self.service = service
         self.id_prefix = f"{front_id}-" if front_id else ""
         """Session ids start with the front's name, so a load balancer can route a session's
@@ -50,6 +52,8 @@ class SessionRegistry:
         self._max_pending = max_pending
         self.max_pending_per_client = max_pending_per_client
         self.ice_idle_s = ice_idle_s
+        self.loop_lag = loop_lag
+        self.closed_counters: Counter[str] = Counter()  # frame totals of sessions gone
         self._sessions: dict[str, Session] = {}
 
     @property
@@ -98,7 +102,8 @@ class SessionRegistry:
         session = Session(self.service, configuration, connect_timeout_s=self.connect_timeout_s,
                           time_limit_s=self.time_limit_s, on_closed=self._forget,
                           on_connected=self._admit, recording=self.recording_limits,
-                          id_prefix=self.id_prefix, client=client, ice_idle_s=self.ice_idle_s)
+                          id_prefix=self.id_prefix, client=client, ice_idle_s=self.ice_idle_s,
+                          loop_lag=self.loop_lag)
         self._sessions[session.id] = session
         try:
             await session.answer(sdp, summary, initial)
@@ -132,7 +137,17 @@ class SessionRegistry:
             session.refuse(f"The server is at capacity ({self.max_sessions} sessions); "
                            "try again in a moment.")
 
+    def frame_counters(self) -> Counter[str]:
+        """Frame totals since start, of sessions gone and live (monotonic: a session's counts
+        move to `closed_counters` as it leaves)."""
+        totals = Counter(self.closed_counters)
+        for session in list(self._sessions.values()):
+            totals.update(session.counters())
+        return totals
+
     def _forget(self, session: Session) -> None:
+        if self._sessions.get(session.id) is session:
+            self.closed_counters.update(session.counters())
         self._sessions.pop(session.id, None)
 
     async def close_all(self, reason: str | None) -> None:

@@ -14,6 +14,7 @@ from . import (
     hardware,
     health,
     logs,
+    metrics,
     models,
     not_here,
     onboarding,
@@ -47,6 +48,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
     """`/health` (open) plus every resource of `API_MODULES` under `/api/v1` (API key)."""
     root = APIRouter()
     root.include_router(health.router(ctx))
+    root.include_router(metrics.router(ctx))  # /metrics: outside /api/v1, same API key rule
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(api_key_guard(ctx.settings.api_key))],
                     responses={401: {"description": "API key missing or wrong (when one is set)"}})
     for module in API_MODULES:

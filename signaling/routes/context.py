@@ -11,6 +11,7 @@ from pipeline import PipelineService
 from ..config import ServerSettings, default_data_dir
 from ..ice import IceServerProvider
 from ..logbuffer import LogBuffer
+from ..metrics import ServerMetrics
 from ..onboarding import OnboardingStore
 from ..sessions import SessionRegistry
 
@@ -29,7 +30,9 @@ class ApiContext:
     """Set when the server starts shutting down: long-lived responses (event streams) end."""
     logs: LogBuffer = field(init=False)
     onboarding: OnboardingStore = field(init=False)
+    metrics: ServerMetrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.logs = LogBuffer(secrets=[self.settings.api_key])
         self.onboarding = OnboardingStore(self.settings.data_dir or default_data_dir())
+        self.metrics = ServerMetrics(self.sessions, self.service)
