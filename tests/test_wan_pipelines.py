@@ -438,26 +438,26 @@ async def receive(client: Any, count: int) -> list[tuple[Any, float]]:
     return frames
 
 
-def watch_pacing(track: Any) -> list[dict[str, Any]]:
+def watch_pacing(track: Any) -> dict[str, list[Any]]:
     """Record, for every output the session's track is handed, when it came and when each of
-    its frames left for the encoder (wrapping the real track's two entry points)."""
+    its frames left for the encoder (wrapping the real track's two entry points), and when the
+    track shed a backlog (that moves the frames still queued forward)."""
     import asyncio
 
     loop = asyncio.get_running_loop()
-    log: list[dict[str, Any]] = []
+    log: dict[str, list[Any]] = {"chunks": [], "sheds": []}
     waiting: dict[int, dict[str, Any]] = {}
     deliver, on_sent = track.deliver, track.on_sent
 
     def delivered(frames: Any) -> None:
-        entry = {"at": loop.time(), "sent": [], "shed": False,
+        entry = {"at": loop.time(), "sent": [],
                  "stamps": [float(f.pts * f.time_base) for f in frames]}
-        log.append(entry)
+        log["chunks"].append(entry)
         waiting.update({id(f): entry for f in frames})
         dropped = track.dropped
         deliver(frames)
-        if track.dropped > dropped:  # the track shed a backlog: it moved frames forward
-            for e in log:
-                e["shed"] = e["shed"] or len(e["sent"]) < len(e["stamps"])
+        if track.dropped > dropped:
+            log["sheds"].append(loop.time())
 
     def sent(frame: Any) -> None:
         entry = waiting.pop(id(frame), None)
@@ -470,17 +470,21 @@ def watch_pacing(track: Any) -> list[dict[str, Any]]:
     return log
 
 
-def assert_paced(log: list[dict[str, Any]], chunk_frames: int) -> None:
+def assert_paced(log: dict[str, list[Any]], chunk_frames: int) -> None:
     """Each chunk's frames leave the track no sooner than their timestamps' spacing after the
     chunk arrived: paced, never a burst. A lower bound only (a busy machine makes frames late,
-    never early); chunks whose backlog the track shed are not judged."""
-    judged = [e for e in log if len(e["sent"]) == len(e["stamps"]) >= 2 and not e["shed"]]
-    assert any(len(e["stamps"]) >= chunk_frames for e in judged), log
-    for entry in judged:
+    never early); frames that left after the track shed a backlog are not judged."""
+    judged = 0
+    for entry in log["chunks"]:
+        cutoff = min((t for t in log["sheds"] if t >= entry["at"]), default=float("inf"))
         stamps = entry["stamps"]
         assert all(b > a for a, b in itertools.pairwise(stamps)), stamps
-        for stamp, left in zip(stamps, entry["sent"], strict=True):
+        kept = [(stamp, left) for stamp, left in zip(stamps, entry["sent"], strict=False)
+                if left < cutoff]
+        for stamp, left in kept:
             assert left - entry["at"] >= stamp - stamps[0] - 0.002, (entry, stamp)
+        judged = max(judged, len(kept))
+    assert judged >= min(3, chunk_frames), log
 
 
 @pytest.mark.parametrize("pipeline_id", ["streamdiffusionv2", "longlive"])
