@@ -484,7 +484,7 @@ def assert_paced(log: dict[str, list[Any]], chunk_frames: int) -> None:
         for stamp, left in kept:
             assert left - entry["at"] >= stamp - stamps[0] - 0.002, (entry, stamp)
         judged = max(judged, len(kept))
-    assert judged >= min(3, chunk_frames), log
+    assert judged >= 2, log  # a second frame waited for its turn
 
 
 @pytest.mark.parametrize("pipeline_id", ["streamdiffusionv2", "longlive"])
@@ -514,8 +514,8 @@ async def test_webrtc_video_and_text_sessions_through_the_app(pipeline_id: str,
             await wait_until(lambda: sessions.get(video.session_id) is not None
                              and sessions.get(text.session_id) is not None)
             paces = [watch_pacing(sessions.get(c.session_id).output) for c in (video, text)]
-            video_frames, text_frames = await asyncio.gather(receive(video, first + later),
-                                                             receive(text, first + later))
+            video_frames, text_frames = await asyncio.gather(receive(video, first + 2 * later),
+                                                             receive(text, first + 2 * later))
             for frame, _ in video_frames + text_frames:
                 assert (frame.height, frame.width) == (SIZE, SIZE)
             for frames in (video_frames, text_frames):  # in order, every frame its own time
