@@ -8,7 +8,9 @@ Modes: `local` (one worker, as by default), `devices` (`--devices cpu,cpu`: two 
 server's process), `ray` (`--backend ray`: two CPU actors on a local Ray cluster on loopback).
 The server runs in this process (a background thread) and the aiortc clients in the main loop,
 as in benchmarks/transport.py, so client CPU and server CPU share the machine. The default
-pipeline is `passthrough`, whose own cost is nil: what remains is transport plus the hop. For
+pipeline is `bench-copy` (defined here): `process` returns a copy of its input, so the frames
+take the whole engine path (RGB conversion, a `process` call; with Ray the hop) at no model cost.
+(`passthrough` would skip all of it: the service hands its decoded frames straight back.) For
 Ray, `hop_ms` is each round's round trip minus the actor's own time (serialising uint8 frames,
 the object store, the call), per round (a round carries every ready session of a front).
 
@@ -27,14 +29,33 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import serve_in_background  # noqa: E402
+from pipeline import FrameRequest, Pipeline  # noqa: E402
+from pipeline.registry import register  # noqa: E402
 from signaling.client import LiveV2VClient, NumberedFrames, read_number  # noqa: E402
+
+
+@register
+class CopyPipeline(Pipeline):
+    """Returns a copy of its input: the engine path without a model."""
+
+    id = "bench-copy"
+    name = description = "benchmark: copy"
+    supports_prompts = False
+    max_batch_size = 64
+    max_sessions = 32
+
+    def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
+        return [np.array(request.frames, copy=True) for request in batch]
 
 
 async def session(url: str, size: int, fps: float, seconds: float) -> dict[str, Any]:
@@ -137,7 +158,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--fps", type=float, default=20.0)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--pipeline", default="passthrough")
+    parser.add_argument("--pipeline", default="bench-copy")
     args = parser.parse_args()
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

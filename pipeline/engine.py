@@ -95,6 +95,10 @@ class LocalEngine:
             if pipeline is not None:
                 pipeline.close()
 
+    def state_of(self, key: str) -> Any:
+        """A session's pipeline state (what `new_state()` made), or None (for inspection)."""
+        return self._states.get(key)
+
     def release(self, keys: Sequence[str]) -> None:
         """Forget sessions' state (they ended or moved)."""
         with self._lock:

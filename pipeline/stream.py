@@ -56,6 +56,13 @@ class Stream:
         self._last_pts = -1
         self._seen_input = False
 
+    @property
+    def state(self) -> Any:
+        """This session's pipeline state when its worker runs the pipeline in this process
+        (`new_state()`'s value; None before the first call, or on a Ray worker)."""
+        state_of = getattr(self.worker.engine, "state_of", None)
+        return None if state_of is None else state_of(self.id)
+
     # --- called from the transport (event loop) ---------------------------------------------
 
     def push(self, frame: InputFrame) -> None:
