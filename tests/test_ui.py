@@ -271,7 +271,8 @@ def test_webcam_stream_steer_snapshot_record_stop(studio: Studio, server: Server
     eventually(lambda: studio.applied().get("noise_scale") == 0.3)
 
     # Stats overlay: browser and server figures.
-    studio.wait("() => Number(document.querySelector('[data-stat=\"fps\"]').textContent) > 5", 5)
+    # Any figure: how many frames per second a busy machine manages is for benchmarks/.
+    studio.wait("() => Number(document.querySelector('[data-stat=\"fps\"]').textContent) > 0", 5)
     assert page.locator('[data-stat="connection"]').inner_text() == "connected"
     assert re.fullmatch(r"~\d+ ms", page.locator('[data-stat="latency"]').inner_text())
     assert re.search(r"\d+ (kb|Mb)/s", page.locator('[data-stat="bitrate"]').inner_text())
