@@ -264,8 +264,14 @@ async def test_switching_to_a_video_only_pipeline_stops_receive_only_sessions() 
             first = read_number((await video.recv()).to_ndarray(format="rgb24"))
             await video.send({"input_mode": "text"})
             assert "has no 'text' mode" in (await video.message("error"))["error_message"]
-            later = read_number((await video.recv()).to_ndarray(format="rgb24"))
-            assert later > first  # the video session carries on, now through passthrough
+            # The video session carries on, now through passthrough. Two frames from around the
+            # switch can carry the same number (seen on a loaded machine: 2 then 2): wait for a
+            # newer one rather than assume the very next frame is newer.
+            for _ in range(100):
+                later = read_number((await video.recv()).to_ndarray(format="rgb24"))
+                if later > first:
+                    break
+            assert later > first
 
 
 async def test_floods_and_huge_messages_leave_the_session_and_its_neighbours_alive(
