@@ -963,10 +963,11 @@ class Studio {
     set("connection", s.connectionState);
     const srv = s.server;
     set("server-fps", srv ? `${srv.fps_in.toFixed(1)} → ${srv.fps_out.toFixed(1)}` : "—");
+    set("pipeline", s.pipelineLatencyMs == null ? "—" : `${Math.round(s.pipelineLatencyMs)} ms`);
     // Video models work in chunks: their latency includes waiting for the chunk's frames.
-    const chunk = srv && srv.chunk_frames > 1
-      ? ` · chunk of ${srv.chunk_frames}, wait ${Math.round(srv.chunk_wait_ms ?? 0)} ms` : "";
-    set("pipeline", s.pipelineLatencyMs == null ? "—" : `${Math.round(s.pipelineLatencyMs)} ms${chunk}`);
+    set("pipeline-detail", srv && srv.chunk_frames > 1
+      ? `chunk ${srv.chunk_frames} · wait ${Math.round(srv.chunk_wait_ms ?? 0)} ms`
+      : "input → output");
     set("upload", s.uploadKbps == null ? "—" : formatBitrate(s.uploadKbps));
     set("jitter", s.jitterBufferMs == null ? "—" : `${Math.round(s.jitterBufferMs)} ms`);
     if (s.frameWidth) this.$("output-detail").textContent = `${s.frameWidth}×${s.frameHeight}`;
@@ -975,7 +976,7 @@ class Studio {
   resetStats() {
     for (const [name, text] of Object.entries({
       fps: "0.0", latency: "-", rtt: "-", bitrate: "-", dropped: "0", connection: "new",
-      "server-fps": "—", pipeline: "—", upload: "—", jitter: "—",
+      "server-fps": "—", pipeline: "—", "pipeline-detail": "input → output", upload: "—", jitter: "—",
     })) {
       const el = this.root.querySelector(`[data-stat="${name}"]`);
       if (el) el.textContent = text;
