@@ -2,9 +2,10 @@
 
 A CausVid/Self-Forcing-distilled causal generator trained for streaming: chunks of 1 latent
 frame (4 video frames, 5 on a session's first chunk), attention over 6 latent frames with the
-first 3 kept as sinks (its config's num_kv_cache 6 / num_sink_tokens 3), the step list used as
-given (no shift), the motion-aware noise controller on. The loop is `pipeline.wan.video` (see
-docs/video-models.md).
+first 3 kept as sinks (its KV cache is num_kv_cache 6 frames long, the chunk included, with
+`sink_size` 3 frames), the step list used as given (σ = t/1000: its scheduler's shift 8 is not
+applied to the list, `warp_denoising_step: false`), the motion-aware noise controller on. The
+loop is `pipeline.wan.video` (see docs/video-models.md).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from pipeline import FrameRequest, PipelineError
 from pipeline.longlive import LongLivePipeline
@@ -197,6 +197,128 @@ def test_load_reports_progress(files: dict[str, Path]) -> None:
         assert any(name.startswith(expected) for name in names), names
     fractions = [fraction for fraction, _ in stages]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+# --- the published checkpoints' layouts ---------------------------------------------------------
+# Tiny random files laid out exactly as the published ones are saved (see docs/video-models.md,
+# "Weight sources"): LongLive's longlive_base.pt and StreamDiffusionV2's model.pt are
+# {"generator": <WanDiffusionWrapper state dict: "model." + original Wan names>, ...} written by
+# their trainers (torch.save); LongLive's lora.pt is {"generator_lora": get_peft_model_state_dict
+# of the causal Wan (every Linear of every block, "base_model.model." prefix, no adapter name),
+# "critic_lora": ..., "step": n} with rank = alpha; Kijai's VACE module is a safetensors of the
+# unprefixed original VACE keys, one block per two main layers.
+
+LORA_MODULES = [f"{attn}.{m}" for attn in ("self_attn", "cross_attn") for m in "qkvo"]
+LORA_MODULES += ["ffn.0", "ffn.2"]
+PUBLISHED_LAYERS = 4  # two VACE blocks, after layers 0 and 2
+
+
+def original_state(config: dict[str, Any], seed: int, cls: Any = None) -> dict[str, torch.Tensor]:
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = (cls or WanTransformer3DModel).from_config(config)
+    return weights.to_original_keys({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
+def peft_lora(original: dict[str, torch.Tensor], rank: int, seed: int,
+              dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+    for block in range(PUBLISHED_LAYERS):
+        for module in LORA_MODULES:
+            out_f, in_f = original[f"blocks.{block}.{module}.weight"].shape
+            name = f"base_model.model.blocks.{block}.{module}"
+            lora[f"{name}.lora_A.weight"] = (torch.randn(rank, in_f, generator=generator)
+                                             * 0.1).to(dtype)
+            lora[f"{name}.lora_B.weight"] = (torch.randn(out_f, rank, generator=generator)
+                                             * 0.1).to(dtype)
+    return lora
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
+
+    root = tmp_path_factory.mktemp("published")
+    model = build_tiny_wan(root / "model", layers=PUBLISHED_LAYERS)
+    config = dict(WanTransformer3DModel.load_config(model / "transformer"))
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+
+    def wrapped(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        return {f"model.{k}": v.to(dtype) for k, v in state.items()}  # WanDiffusionWrapper.model
+
+    base = original_state(config, seed=11)
+    torch.save({"generator": wrapped(base, torch.bfloat16),
+                "critic": wrapped(original_state(config, seed=12), torch.bfloat16),
+                "step": 600}, root / "longlive_base.pt")
+    torch.save({"generator_lora": peft_lora(base, rank=4, seed=13, dtype=torch.bfloat16),
+                "critic_lora": peft_lora(base, rank=4, seed=14, dtype=torch.bfloat16),
+                "step": 3000}, root / "lora.pt")
+    torch.save({"generator": wrapped(original_state(config, seed=15), torch.float32),
+                "generator_ema": wrapped(original_state(config, seed=16), torch.float32),
+                "step": 9000}, root / "model.pt")
+    vace = original_state({**config, "vace_layers": [0, 2], "vace_in_channels": 4 + 4 + 64},
+                          seed=17, cls=WanVACETransformer3DModel)
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in vace.items()
+               if k.startswith("vace_")}, str(root / "vace_module_bf16.safetensors"))
+    return {"model": model, "root": root}
+
+
+def test_longlive_loads_its_published_layout(published: dict[str, Path]) -> None:
+    root = published["root"]
+    pipeline = load(LongLivePipeline, {"model": published["model"]},
+                    checkpoint=str(root / "longlive_base.pt"), lora=str(root / "lora.pt"),
+                    vace_id=str(root / "vace_module_bf16.safetensors"), vace_enabled=True)
+    base = torch.load(root / "longlive_base.pt", weights_only=True)["generator"]
+    lora = torch.load(root / "lora.pt", weights_only=True)["generator_lora"]
+    vace = load_file(str(root / "vace_module_bf16.safetensors"))
+    loaded = weights.to_original_keys(pipeline.transformer.model.state_dict())
+    for block in range(PUBLISHED_LAYERS):
+        for module in LORA_MODULES:  # W + (256/256 scale, here 4/4)·B·A, in float32
+            name = f"blocks.{block}.{module}"
+            a = lora[f"base_model.model.{name}.lora_A.weight"].float()
+            b = lora[f"base_model.model.{name}.lora_B.weight"].float()
+            torch.testing.assert_close(loaded[f"{name}.weight"],
+                                       base[f"model.{name}.weight"].float() + b @ a)
+            torch.testing.assert_close(loaded[f"{name}.bias"], base[f"model.{name}.bias"].float())
+    for key in ("head.head.weight", "blocks.3.modulation", "blocks.1.norm3.weight",
+                "text_embedding.0.weight", "patch_embedding.weight"):
+        torch.testing.assert_close(loaded[key], base[f"model.{key}"].float())
+    assert list(pipeline.model_config.vace_layers) == [0, 2]
+    assert pipeline.model_config.vace_in_channels == 72
+    for key, value in vace.items():
+        torch.testing.assert_close(loaded[key], value.float())
+    out = chunk(pipeline, pipeline.new_state(), video(13))
+    assert out.shape == (13, SIZE, SIZE, 3)
+
+
+def test_streamdiffusionv2_takes_generator_not_ema_as_its_loader(
+        published: dict[str, Path]) -> None:
+    pipeline = load(StreamDiffusionV2Pipeline, {"model": published["model"]},
+                    checkpoint=str(published["root"] / "model.pt"))
+    saved = torch.load(published["root"] / "model.pt", weights_only=True)
+    loaded = weights.to_original_keys(pipeline.transformer.model.state_dict())
+    for key in ("blocks.0.self_attn.q.weight", "blocks.3.ffn.2.weight", "head.head.weight"):
+        torch.testing.assert_close(loaded[key], saved["generator"][f"model.{key}"])
+        assert not torch.equal(loaded[key], saved["generator_ema"][f"model.{key}"])
+
+
+def test_wrapper_names_inside_keys_and_adapter_names_are_understood() -> None:
+    weight = torch.randn(8, 8)
+    ema = {"generator_ema": {  # an FSDP unit per block, as EMA_FSDP's named_parameters give
+        "model.blocks.0._fsdp_wrapped_module.self_attn.q.weight": weight,
+        "model._orig_mod.head.head.weight": weight,
+        "model.blocks.0._checkpoint_wrapped_module.ffn.0.weight": weight}}
+    assert set(weights.unwrap(ema)) == {"blocks.0.self_attn.q.weight", "head.head.weight",
+                                        "blocks.0.ffn.0.weight"}
+    state = {"blocks.0.attn2.to_k.weight": torch.zeros(8, 8, dtype=torch.bfloat16)}
+    a, b = torch.randn(2, 8), torch.randn(8, 2)
+    lora = {"base_model.model.blocks.0.cross_attn.k.lora_A.default.weight": a,
+            "base_model.model.blocks.0.cross_attn.k.lora_B.default.weight": b}
+    assert weights.merge_lora(state, weights.unwrap(lora), alpha=4.0) == 1
+    assert state["blocks.0.attn2.to_k.weight"].dtype == torch.float32
+    torch.testing.assert_close(state["blocks.0.attn2.to_k.weight"], 2.0 * b @ a)
 
 
 # --- load errors a person can act on ------------------------------------------------------------

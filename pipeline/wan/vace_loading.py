@@ -1,15 +1,21 @@
 """VACE for the Wan pipelines: its weights (`vace_id`) and the control context of a video chunk.
 
 Weights: a file (local or hub `owner/name/path`) holding VACE's module weights, in original
-(`vace_blocks.0.self_attn.q`, `before_proj`, ...) or diffusers naming, e.g. the 1.3B VACE
-module extracted from Wan2.1-VACE-1.3B. They are joined to the loaded generator as a diffusers
-`WanVACETransformer3DModel` (VACE block i after main block 2i, as in Wan2.1-VACE; the input
-channels are read from `vace_patch_embedding`), which the causal transformer runs.
+(`vace_blocks.0.self_attn.q`, `before_proj`, ...) or diffusers naming, e.g. Kijai's
+Wan2_1-VACE_module_1_3B_bf16.safetensors: the VACE keys of Wan2.1-VACE-1.3B, unprefixed, in
+original naming (`vace_patch_embedding.weight` (1536, 96, 1, 2, 2), `vace_blocks.0..14`, block
+0 with `before_proj`, all with `after_proj`); a full VACE checkpoint works too (other keys are
+ignored). They are joined to the loaded generator as a diffusers `WanVACETransformer3DModel`,
+which the causal transformer runs: the n VACE blocks are spread evenly over the main ones, block
+i after main block i·(layers / n), as Wan2.1-VACE's configs and Kijai's loader place them (1.3B:
+15 blocks after layers 0, 2, …, 28; 14B: 8 after 0, 5, …, 35); the input channels are read from
+`vace_patch_embedding`.
 
-Control context of a chunk (VACE's video-to-video conditioning with a full mask): the inactive
-part (the masked-out video: all black) and the reactive part (the input video), both VAE-encoded
-and normalised, plus the mask packed 8×8 into 64 channels (all ones):
-[inactive z, reactive z, mask] → (1, 2z + 64, f, h, w).
+Control context of a chunk (VACE's video-to-video conditioning with a full mask, as Wan's
+`vace_encode_frames`/`vace_encode_masks` build it): the inactive part `frames·(1 − mask)` (all
+zeros in −1..1 pixels: mid-grey) and the reactive part `frames·mask` (the input video), both
+VAE-encoded and normalised, plus the mask packed 8×8 into 64 channels (all ones):
+[inactive z, reactive z, mask] → (1, 2z + 64, f, h, w) (96 channels for Wan2.1: 16 + 16 + 64).
 """
 
 from __future__ import annotations
@@ -48,11 +54,13 @@ def load_vace_transformer(transformer: Any, vace_ref: str, device: torch.device,
                             "vace_patch_embedding.*).")
     state = to_diffusers_keys(state)
     blocks = sorted({int(m[1]) for k in state if (m := _BLOCK.match(k))})
-    layers = [2 * i for i in blocks]
     config = dict(transformer.config)
-    if not blocks or layers[-1] >= config["num_layers"]:
+    num_layers = int(config["num_layers"])
+    if not blocks or blocks != list(range(len(blocks))) or num_layers % len(blocks):
         raise PipelineError(f"The VACE module {vace_ref} has {len(blocks)} blocks; it does not "
-                            f"fit a transformer of {config['num_layers']} layers.")
+                            f"fit a transformer of {num_layers} layers (VACE spreads its blocks "
+                            "evenly over the main ones).")
+    layers = [i * (num_layers // len(blocks)) for i in blocks]
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     config.update(vace_layers=layers,
                   vace_in_channels=int(state["vace_patch_embedding.weight"].shape[1]))

@@ -4,14 +4,22 @@
   text_encoder/, vae/, scheduler/, transformer/), e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers.
 - `checkpoint`: the generator weights, a local file or a hub file `owner/name/path/in/repo`
   (.pt/.pth/.bin through torch.load(weights_only=True), or .safetensors). Training checkpoints
-  nest their weights (`generator_ema`, `generator`, `model`, `state_dict`) and prefix them
-  (`model.`, `module.`, ...): both are unwrapped. Original Wan key names (blocks.0.self_attn.q,
-  ffn.0, head.head, ...) are renamed to diffusers' with diffusers' own single-file converter;
+  of the Self-Forcing lineage (LongLive's longlive_base.pt, StreamDiffusionV2's model.pt) are
+  `{"generator": {"model.blocks.0.self_attn.q.weight": ...}, ...}`: the state dict of their
+  `WanDiffusionWrapper`, whose `model` is the causal Wan. The nest is unwrapped (`generator`
+  first, as both projects' inference scripts load it, then `generator_ema`, `model`,
+  `state_dict`), then a prefix every key shares (`model.`, `module.`, ...), and FSDP /
+  activation-checkpoint / torch.compile wrapper names anywhere in a key
+  (`_fsdp_wrapped_module.`, ...). Original Wan key names (blocks.0.self_attn.q, ffn.0,
+  head.head, ...) are renamed to diffusers' with diffusers' own single-file converter;
   checkpoints already in diffusers naming are taken as they are. The weights must fit the
   folder's transformer/config.json exactly, else the error says which keys do not.
-- `lora`: a LoRA to merge into the generator (LongLive ships its long-video tuning as one):
-  PEFT state dict keys `<module>.lora_A.weight` / `<module>.lora_B.weight` on the original
-  module names; W += (alpha / rank)·B·A, alpha = rank unless `lora_alpha` says otherwise.
+- `lora`: a LoRA to merge into the generator (LongLive ships its long-video tuning as one:
+  lora.pt is `{"generator_lora": get_peft_model_state_dict(...), "critic_lora": ..., "step": n}`,
+  keys `base_model.model.blocks.0.self_attn.q.lora_A.weight`): PEFT keys
+  `<module>.lora_A[.<adapter>].weight` / `lora_B` on original or diffusers module names;
+  W += (alpha / rank)·B·A, computed in float32, alpha = rank unless `lora_alpha` says otherwise
+  (LongLive: rank 256, alpha 256).
 - No checkpoint: the folder's own transformer (the bidirectional base model).
 
 Failures raise `PipelineError`s a person can act on: what is missing where, a checkpoint that does
@@ -38,9 +46,13 @@ LAYOUT = ("a Wan model folder is laid out like Wan-AI/Wan2.1-T2V-1.3B-Diffusers:
           "model_index.json, tokenizer/, text_encoder/, vae/, scheduler/, transformer/")
 MEMORY_ADVICE = ("Load with a smaller height/width, use bfloat16 on CUDA (dtype), serve fewer "
                  "sessions at once, or free memory used by other processes.")
-_NESTS = ("generator_ema", "generator", "generator_lora", "model", "state_dict", "module")
-_PREFIXES = ("base_model.model.", "_orig_mod.", "module.", "model.", "diffusion_model.",
-             "_fsdp_wrapped_module.")
+_NESTS = ("generator", "generator_ema", "generator_lora", "model", "state_dict", "module")
+"""Where training checkpoints keep the generator, most wanted first: LongLive's and
+StreamDiffusionV2's inference scripts load `generator` (LongLive's `use_ema: false`)."""
+_PREFIXES = ("base_model.model.", "module.", "model.", "diffusion_model.")
+_WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+"""Names FSDP, activation checkpointing and torch.compile insert anywhere in a key (an FSDP
+unit per block gives `model.blocks.0._fsdp_wrapped_module.self_attn...`)."""
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
 
 
@@ -67,7 +79,13 @@ def unwrap(obj: Any) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj:
         raise ValueError("no tensors found (expected a state dict, possibly under "
                          f"{', '.join(_NESTS)})")
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    tensors = {}
+    for key, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            name = str(key)
+            for wrapper in _WRAPPERS:
+                name = name.replace(wrapper, "")
+            tensors[name] = value
     changed = True
     while changed:  # strip a prefix every key shares, e.g. "model." of WanDiffusionWrapper
         changed = False
@@ -80,8 +98,8 @@ def unwrap(obj: Any) -> dict[str, torch.Tensor]:
 
 def is_original_naming(keys: Any) -> bool:
     """True for original Wan names (self_attn, ffn.0, head.head), False for diffusers names."""
-    keys = list(keys)
-    return any(".self_attn." in k or k.startswith("head.") or ".ffn.0." in k for k in keys)
+    markers = (".self_attn.", ".cross_attn.", ".ffn.0.", ".ffn.2.")
+    return any(k.startswith("head.") or any(m in k for m in markers) for k in keys)
 
 
 def to_diffusers_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -212,9 +230,10 @@ def check_fit(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what:
 
 
 def merge_lora(state_dict: dict[str, torch.Tensor], lora: dict[str, torch.Tensor],
-               alpha: float | None) -> int:
-    """Merge a PEFT LoRA (original or diffusers module names) into `state_dict` in place;
-    returns the number of layers changed."""
+               alpha: float | None, dtype: torch.dtype = torch.float32) -> int:
+    """Merge a PEFT LoRA (original or diffusers module names) into `state_dict` in place, the
+    changed weights in `dtype` (the model's: a bf16 checkpoint loaded in float32 is not rounded
+    to bf16 after the merge); returns the number of layers changed."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in lora.items():
         match = _LORA_KEY.match(key)
@@ -241,7 +260,7 @@ def merge_lora(state_dict: dict[str, torch.Tensor], lora: dict[str, torch.Tensor
             raise PipelineError(f"The LoRA does not fit the generator: {key} is "
                                 f"{tuple(weight.shape)}, the LoRA changes it by "
                                 f"{tuple(delta.shape)}.")
-        state_dict[key] = (weight.float() + delta).to(weight.dtype)
+        state_dict[key] = (weight.float() + delta).to(dtype)
     return len(converted)
 
 
@@ -353,7 +372,7 @@ def _load_generator(config: Any, checkpoint: str, lora: str | None, lora_alpha: 
     if lora is not None:
         progress(0.6, "merging LoRA")
         lora_path = fetch_file(lora, "LoRA", device)
-        changed = merge_lora(state, read_checkpoint(lora_path, "LoRA"), lora_alpha)
+        changed = merge_lora(state, read_checkpoint(lora_path, "LoRA"), lora_alpha, dtype)
         log.info("merged %s into %d layers", lora_path.name, changed)
     progress(0.7, "building transformer")
     transformer = empty_model(WanTransformer3DModel, config)
