@@ -201,12 +201,14 @@ def test_load_reports_progress(files: dict[str, Path]) -> None:
 
 # --- the published checkpoints' layouts ---------------------------------------------------------
 # Tiny random files laid out exactly as the published ones are saved (see docs/video-models.md,
-# "Weight sources"): LongLive's longlive_base.pt and StreamDiffusionV2's model.pt are
-# {"generator": <WanDiffusionWrapper state dict: "model." + original Wan names>, ...} written by
-# their trainers (torch.save); LongLive's lora.pt is {"generator_lora": get_peft_model_state_dict
-# of the causal Wan (every Linear of every block, "base_model.model." prefix, no adapter name),
-# "critic_lora": ..., "step": n} with rank = alpha; Kijai's VACE module is a safetensors of the
-# unprefixed original VACE keys, one block per two main layers.
+# "Weight sources"): LongLive's longlive_base.pt and StreamDiffusionV2's model.pt are their
+# trainers' torch.save of {"generator": <WanDiffusionWrapper state dict: "model." + original Wan
+# names>, "critic": ..., (LongLive, past ema_start_step: "generator_ema", optimizer states,
+# "step")}; LongLive's inference loads "generator" (use_ema: false). LongLive's lora.pt is
+# {"generator_lora": get_peft_model_state_dict of the causal Wan (every Linear of every block,
+# "base_model.model." prefix, no adapter name), "critic_lora": ..., "step": n} with rank = alpha;
+# Kijai's VACE module is a bf16 safetensors of the unprefixed original VACE keys, one block per
+# two main layers.
 
 LORA_MODULES = [f"{attn}.{m}" for attn in ("self_attn", "cross_attn") for m in "qkvo"]
 LORA_MODULES += ["ffn.0", "ffn.2"]
@@ -249,15 +251,20 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         return {f"model.{k}": v.to(dtype) for k, v in state.items()}  # WanDiffusionWrapper.model
 
     base = original_state(config, seed=11)
+    optimizer = {"state": {"model.head.head.weight": {"step": torch.tensor(600.0),
+                                                      "exp_avg": torch.zeros(3)}},
+                 "param_groups": [{"lr": 1e-5, "betas": (0.0, 0.999), "weight_decay": 0.0,
+                                   "params": ["model.head.head.weight"]}]}
     torch.save({"generator": wrapped(base, torch.bfloat16),
                 "critic": wrapped(original_state(config, seed=12), torch.bfloat16),
-                "step": 600}, root / "longlive_base.pt")
+                "generator_ema": wrapped(original_state(config, seed=16), torch.float32),
+                "generator_optimizer": optimizer, "step": 600}, root / "longlive_base.pt")
     torch.save({"generator_lora": peft_lora(base, rank=4, seed=13, dtype=torch.bfloat16),
                 "critic_lora": peft_lora(base, rank=4, seed=14, dtype=torch.bfloat16),
                 "step": 3000}, root / "lora.pt")
     torch.save({"generator": wrapped(original_state(config, seed=15), torch.float32),
-                "generator_ema": wrapped(original_state(config, seed=16), torch.float32),
-                "step": 9000}, root / "model.pt")
+                "critic": wrapped(original_state(config, seed=18), torch.float32)},
+               root / "model.pt")
     vace = original_state({**config, "vace_layers": [0, 2], "vace_in_channels": 4 + 4 + 64},
                           seed=17, cls=WanVACETransformer3DModel)
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in vace.items()
@@ -293,15 +300,16 @@ def test_longlive_loads_its_published_layout(published: dict[str, Path]) -> None
     assert out.shape == (13, SIZE, SIZE, 3)
 
 
-def test_streamdiffusionv2_takes_generator_not_ema_as_its_loader(
-        published: dict[str, Path]) -> None:
+def test_streamdiffusionv2_loads_its_published_layout(published: dict[str, Path]) -> None:
     pipeline = load(StreamDiffusionV2Pipeline, {"model": published["model"]},
                     checkpoint=str(published["root"] / "model.pt"))
     saved = torch.load(published["root"] / "model.pt", weights_only=True)
     loaded = weights.to_original_keys(pipeline.transformer.model.state_dict())
-    for key in ("blocks.0.self_attn.q.weight", "blocks.3.ffn.2.weight", "head.head.weight"):
-        torch.testing.assert_close(loaded[key], saved["generator"][f"model.{key}"])
-        assert not torch.equal(loaded[key], saved["generator_ema"][f"model.{key}"])
+    for key, value in saved["generator"].items():
+        torch.testing.assert_close(loaded[key.removeprefix("model.")], value)
+    assert not torch.equal(loaded["head.head.weight"], saved["critic"]["model.head.head.weight"])
+    out = chunk(pipeline, pipeline.new_state(), video(5))
+    assert out.shape == (5, SIZE, SIZE, 3)
 
 
 def test_wrapper_names_inside_keys_and_adapter_names_are_understood() -> None:
