@@ -11,7 +11,13 @@ worker returns an output frame of the input's size), and times round trips from 
 - `actor_chunk4`: a 4×512²×3 chunk each way (video pipelines consume chunks);
 - `actor_batch4`: four sessions' frames in one call (how a front batches per worker), per frame;
 - `actor_async`: `await actor.echo.remote(frame)` from an asyncio loop (the front's loop);
-- `serve_frame`: a Ray Serve deployment handle call with the frame (`.remote(...).result()`).
+- `serve_frame`: a Ray Serve deployment handle call with the frame (`.remote(...).result()`);
+- `engine_shared`: LiveV2V's own hop (`RayEngine.run` → `PipelineActor`, a passthrough
+  pipeline), one session's 512² frame per round through shared memory, as between a front and
+  an actor on one machine: the round trip minus the actor's engine time;
+- `engine_store`: the same with the frame inside the call (LIVEV2V_RAY_SHARED_MEMORY=0), as
+  between machines;
+- `engine_shared_batch4`: four sessions' frames per round, shared memory, per frame.
 
 The echo does no work, so each figure is the hop's overhead. Prints one line per measurement and
 one JSON line. The machine may be shared: run with `taskset` and note the load.
@@ -25,11 +31,16 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # before benchmarks/, whose pipeline.py is not the package
 
 
 def _summary(samples_s: list[float], per: int = 1) -> dict[str, float]:
@@ -47,6 +58,35 @@ def _time(call: Callable[[], Any], calls: int, warmup: int = 10) -> list[float]:
         started = time.perf_counter()
         call()
         samples.append(time.perf_counter() - started)
+    return samples
+
+
+def _engine_rounds(frame: np.ndarray, shared: bool, sessions: int, calls: int) -> list[float]:
+    """Rounds through LiveV2V's Ray engine: each round trip minus the actor's engine time."""
+    import ray
+
+    import pipeline.ray_backend as backend
+    from pipeline.base import LoadParams
+    from pipeline.engine import Job
+    from pipeline.params import ParameterState, ParameterUpdate
+    from pipeline.passthrough import PassthroughPipeline
+
+    backend.SHARED_MEMORY = shared
+    engine = backend.start_engines(workers=1, gpus_per_worker=0,
+                                   name_prefix=f"hop-{'shm' if shared else 'store'}")[0]
+    engine.load(PassthroughPipeline, LoadParams(), lambda *_: None)
+    params = ParameterState(None).snapshot(ParameterUpdate())
+    jobs = [Job(key=f"s{i}", frames=frame[None], size=frame.shape[:2], params=params, index=0)
+            for i in range(sessions)]
+    samples = []
+    for index in range(calls + 10):
+        began = time.perf_counter()
+        results = engine.run(jobs)
+        elapsed = time.perf_counter() - began
+        assert results[0].chunk is not None and results[0].chunk.shape == (1, *frame.shape)
+        if index >= 10:
+            samples.append(elapsed - max(r.engine_s for r in results))
+    ray.kill(engine.actor)
     return samples
 
 
@@ -117,6 +157,12 @@ def main() -> None:
         handle = serve.run(EchoDeployment.bind(), name="hop", route_prefix=None)
         measure("serve_frame", lambda: handle.remote(frame).result())
         serve.shutdown()
+
+    for name, shared, sessions in (("engine_shared", True, 1), ("engine_store", False, 1),
+                                   ("engine_shared_batch4", True, 4)):
+        results[name] = _summary(_engine_rounds(frame, shared, sessions, args.calls), sessions)
+        print(f"{name:14s} p50 {results[name]['p50_ms']:7.2f} ms  "
+              f"p95 {results[name]['p95_ms']:7.2f} ms", flush=True)
 
     ray.shutdown()
     print(json.dumps({

@@ -6,13 +6,16 @@ Each actor runs a `LocalEngine` (the same code the local backend runs) in its ow
 front (FastAPI + aiortc) keeps everything per session that the transport needs: the window of
 input frames, parameters, pacing, stats. A round crosses the wire as one actor call per front
 and worker, carrying every ready session's uint8 frames (T×H×W×3) and a parameter snapshot;
-the answer carries uint8 chunks. Rounds from several fronts that reach an actor while it is
-busy are merged into its next engine run, so sessions batch together across fronts.
+the answer carries uint8 chunks. When the actor runs on the front's machine, the frames go
+through shared memory instead and the call carries only where they lie
+(pipeline/shared_frames.py: ~1.5 ms instead of ~5 ms per 512² frame). Rounds from several
+fronts that reach an actor while it is busy are merged into its next engine run, so sessions
+batch together across fronts.
 
 Why actors and not a Ray Serve deployment: a session's state (noise, KV caches) lives on one
 worker for the session's life, and Serve's handles route each call to any replica; pinning would
 mean one deployment per worker, which leaves Serve nothing to do. A Serve handle call also cost
-more than an actor call here (benchmarks/ray_hop.py: 6.6 vs 5.0 ms p50 per 512² frame). Ray
+more than an actor call here (benchmarks/ray_hop.py: 9.1 vs 5.6 ms p50 per 512² frame). Ray
 restarts a dead actor process (`max_restarts`); the front then stops the sessions it had, and
 loads the current pipeline on the new process.
 """
@@ -27,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -35,6 +38,16 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from .base import LoadParams, Pipeline, PipelineError, ProgressCallback
 from .engine import Job, JobResult, LocalEngine, WorkerLost
+from .shared_frames import (
+    Mapped,
+    NoRoom,
+    SharedBlock,
+    Slot,
+    can_map,
+    pack,
+    probe_token,
+    unpack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +58,40 @@ COALESCE_S = 0.010
 one round trip behind: without the wait, fronts would take turns instead of sharing batches)."""
 ACTIVE_S = 0.5
 """A front that sent a round this recently is expected to send the next one."""
+SHARED_MEMORY = os.environ.get("LIVEV2V_RAY_SHARED_MEMORY", "1") != "0"
+"""Frames through shared memory when the actor is on the front's machine (0: always inside the
+call, e.g. to measure the difference)."""
 
 
-@dataclass
+class SharedMemoryUnavailable(RuntimeError):
+    """The actor cannot map the front's blocks (it was restarted on another machine)."""
+
+
+@dataclass(frozen=True)
+class SharedRound:
+    """A round whose frames lie in the front's shared blocks."""
+
+    inbound: str
+    """The block holding the jobs' frames."""
+    outbound: str
+    """The block the actor writes the output chunks into."""
+    slots: list[Slot | None]
+    """Per job, where its frames lie (None: the job carries them, or has none)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    results: list[JobResult]
+    version: int
+    """Of what the actor has loaded (a front learns that another front swapped the pipeline)."""
+    slots: list[Slot | None] | None = None
+    """Shared rounds: per result, where its chunk lies in the outbound block (None: the result
+    carries it, as when the block was too small)."""
+    needed: int = 0
+    """Shared rounds: the bytes all the chunks needed in the outbound block."""
+
+
+@dataclass(eq=False)  # compared by identity
 class _Round:
     jobs: Sequence[Job]
     front: str
@@ -68,7 +112,8 @@ class PipelineActor:
         self._cond = threading.Condition()
         self._queue: list[_Round] = []
         self._fronts: dict[str, float] = {}  # front id → when its last round arrived
-        threading.Thread(target=self._serve, name="pipeline-actor", daemon=True).start()
+        self._mapped = Mapped()  # the shared blocks of fronts on this machine
+        self._running = False  # a caller is running the engine (the others wait)
 
     def info(self) -> dict[str, Any]:
         """Where it runs and what it has loaded (fronts that join later adopt it)."""
@@ -107,19 +152,54 @@ class PipelineActor:
     def release(self, keys: Sequence[str]) -> None:
         self.engine.release(keys)
 
-    def run(self, jobs: Sequence[Job], front: str) -> tuple[list[JobResult], int]:
-        """A front's round; merged with the rounds of other fronts streaming at the same time.
-        Returns the results and the version of what is loaded (a front that loaded an older
-        version learns that another front swapped the pipeline)."""
+    def can_share(self, name: str, token: bytes) -> bool:
+        """Whether this process can map the front's block `name` (same machine)."""
+        return can_map(name, token)
+
+    def run(self, jobs: Sequence[Job], front: str, shared: SharedRound | None = None) -> Answer:
+        """A front's round; merged with the rounds of other fronts streaming at the same time."""
+        outbound = None
+        if shared is not None:
+            try:
+                inbound, outbound = self._mapped.buffers(front, [shared.inbound, shared.outbound])
+            except (FileNotFoundError, OSError) as exc:
+                raise SharedMemoryUnavailable(f"cannot map the front's frames: {exc}") from exc
+            jobs = [job if slot is None else replace(job, frames=unpack(inbound, slot))
+                    for job, slot in zip(jobs, shared.slots, strict=True)]
+            del inbound
+        results = self._run(jobs, front)
+        if outbound is None:
+            return Answer(results, self._version)
+        slots, needed = pack(outbound, [result.chunk for result in results])
+        results = [result if slot is None else replace(result, chunk=None)
+                   for result, slot in zip(results, slots, strict=True)]
+        return Answer(results, self._version, slots, needed)
+
+    def _run(self, jobs: Sequence[Job], front: str) -> list[JobResult]:
+        """Queue the round; the first caller to find the engine idle runs every queued round
+        (its own and other fronts') in one engine call, so the common case, one front, runs in
+        the calling thread without a hand-off to another thread."""
         pending = _Round(jobs, front)
         with self._cond:
             self._fronts[front] = time.monotonic()
             self._queue.append(pending)
-            self._cond.notify()
-        pending.done.wait()
+            self._cond.notify_all()
+            while not pending.done.is_set() and (self._running or pending not in self._queue):
+                self._cond.wait()
+            if not pending.done.is_set():  # lead: run what is queued
+                self._running = True
+                self._wait_for_fronts()
+                rounds, self._queue = self._queue, []
+        if not pending.done.is_set():
+            try:
+                self._execute(rounds)
+            finally:
+                with self._cond:
+                    self._running = False
+                    self._cond.notify_all()  # to the rounds run here, and to the next leader
         if pending.error is not None:
             raise pending.error
-        return pending.results or [], self._version
+        return pending.results or []
 
     def _set_progress(self, fraction: float, stage: str) -> None:
         self._progress = (max(0.0, min(1.0, float(fraction))), stage)
@@ -135,28 +215,22 @@ class PipelineActor:
                 return
             self._cond.wait(deadline - now)
 
-    def _serve(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                self._wait_for_fronts()
-                rounds, self._queue = self._queue, []
-            jobs = [job for pending in rounds for job in pending.jobs]
-            try:
-                results = self.engine.run(jobs)
-            except BaseException as exc:  # noqa: BLE001 - even SystemExit must reach the fronts
-                error = exc if isinstance(exc, Exception) else RuntimeError(
-                    f"Pipeline worker crashed: {type(exc).__name__}: {exc}")
-                for pending in rounds:
-                    pending.error = error
-                    pending.done.set()
-                continue
-            start = 0
+    def _execute(self, rounds: list[_Round]) -> None:
+        jobs = [job for pending in rounds for job in pending.jobs]
+        try:
+            results = self.engine.run(jobs)
+        except BaseException as exc:  # noqa: BLE001 - even SystemExit must reach the fronts
+            error = exc if isinstance(exc, Exception) else RuntimeError(
+                f"Pipeline worker crashed: {type(exc).__name__}: {exc}")
             for pending in rounds:
-                pending.results = results[start:start + len(pending.jobs)]
-                start += len(pending.jobs)
+                pending.error = error
                 pending.done.set()
+            return
+        start = 0
+        for pending in rounds:
+            pending.results = results[start:start + len(pending.jobs)]
+            start += len(pending.jobs)
+            pending.done.set()
 
 
 class RayEngine:
@@ -173,6 +247,8 @@ class RayEngine:
         self._drifted = False
         self.first_frames = 1
         self.device = name
+        self._blocks: tuple[SharedBlock, SharedBlock] | None = None  # frames in, chunks out
+        self._probed = not SHARED_MEMORY  # whether sharing with this process was tried
 
     def describe(self) -> dict[str, Any]:
         return self._get(self.actor.info.remote(), PING_TIMEOUT_S)
@@ -200,12 +276,70 @@ class RayEngine:
 
     def run(self, jobs: Sequence[Job]) -> list[JobResult]:
         try:
-            results, version = self._get(self.actor.run.remote(list(jobs), self.front))
-            self._note(version)
-            return results
+            blocks = self._sharing()
+            if blocks is not None:
+                try:
+                    return self._run_shared(jobs, *blocks)
+                except (SharedMemoryUnavailable, NoRoom) as exc:
+                    log.warning("%s: %s; frames now go inside the calls", self.name, exc)
+                    self._stop_sharing()
+            answer: Answer = self._get(self.actor.run.remote(list(jobs), self.front))
+            self._note(answer.version)
+            return answer.results
         except PipelineError:
             self.check()  # "nothing loaded" from a process that restarted between two checks
             raise
+
+    def _run_shared(self, jobs: Sequence[Job], inbound: SharedBlock,
+                    outbound: SharedBlock) -> list[JobResult]:
+        frames = [job.frames for job in jobs]
+        inbound.ensure(sum(f.nbytes for f in frames if f is not None))
+        slots, _ = pack(inbound.buf, frames)
+        wire = [job if slot is None else replace(job, frames=None)
+                for job, slot in zip(jobs, slots, strict=True)]
+        answer: Answer = self._get(self.actor.run.remote(
+            wire, self.front, SharedRound(inbound.name, outbound.name, slots)))
+        self._note(answer.version)
+        results = [result if slot is None else replace(result, chunk=unpack(outbound.buf, slot))
+                   for result, slot in zip(answer.results, answer.slots or [], strict=True)]
+        try:
+            outbound.ensure(answer.needed)  # a larger block for the next round's chunks
+        except NoRoom as exc:  # this round is done: only the next ones go inside the calls
+            log.warning("%s: %s; frames now go inside the calls", self.name, exc)
+            self._stop_sharing()
+        return results
+
+    @property
+    def shares_memory(self) -> bool:
+        """Whether rounds go through shared memory (the actor is on this machine)."""
+        return self._blocks is not None
+
+    def _sharing(self) -> tuple[SharedBlock, SharedBlock] | None:
+        """This front's blocks when the actor's process can map them (asked once per process)."""
+        if not self._probed:
+            self._probed = True
+            try:
+                inbound, token = SharedBlock(), probe_token()
+            except NoRoom as exc:
+                log.warning("%s: %s; frames go inside the calls", self.name, exc)
+                return None
+            inbound.buf[:len(token)] = token
+            if self._get(self.actor.can_share.remote(inbound.name, token), PING_TIMEOUT_S):
+                try:
+                    self._blocks = (inbound, SharedBlock())
+                    log.info("%s is on this machine: frames go through shared memory", self.name)
+                except NoRoom as exc:
+                    inbound.close()
+                    log.warning("%s: %s; frames go inside the calls", self.name, exc)
+            else:
+                inbound.close()
+                log.info("%s is on another machine: frames go inside the calls", self.name)
+        return self._blocks
+
+    def _stop_sharing(self) -> None:
+        for block in self._blocks or ():
+            block.close()
+        self._blocks = None
 
     def release(self, keys: Sequence[str]) -> None:
         self.actor.release.remote(list(keys))  # fire and forget: a dead actor has no state
@@ -219,8 +353,11 @@ class RayEngine:
         return self._drifted
 
     def _forget_process(self) -> None:
-        """The process is gone or new: nothing it reports says another front changed it."""
+        """The process is gone or new: nothing it reports says another front changed it (and
+        the next one may run on another machine: sharing memory is asked again)."""
         self._incarnation, self._version, self._drifted = None, None, False
+        self._stop_sharing()
+        self._probed = not SHARED_MEMORY
 
     def _note(self, version: int) -> None:
         if self._version is not None and version != self._version:
