@@ -12,7 +12,9 @@ object store, as they cross between machines).
 Each mode's server (the front) runs in a child process, as `app.py` would, and the aiortc
 clients in this one: they do not share a GIL, as a server and its browsers never do.
 `--server-cpus` / `--client-cpus` pin them apart; Ray's processes (started here before pinning)
-and its actors may run on every core. The default
+and its actors may run on every core. `front_cpu_ms_per_frame` is the server process's
+CPU time (all its threads; not Ray's processes or actors) per frame the clients sent, from its
+/proc counters over the whole measurement, connections included. The default
 pipeline is `bench-copy` (defined here): `process` returns a copy of its input, so the frames
 take the whole engine path (RGB conversion, a `process` call; with Ray the hop) at no model cost.
 (`passthrough` would skip all of it: the service hands its decoded frames straight back.) For
@@ -83,8 +85,10 @@ async def session(url: str, size: int, fps: float, seconds: float) -> dict[str, 
                 latencies.append((now - source.sent[number]) * 1000.0)
         elapsed = time.monotonic() - start
         sent = len(source.sent) - first_sent
+        sent_total = len(source.sent)
         await client.stop()
-    return {"latencies": latencies, "received": len(seen), "sent": sent, "elapsed": elapsed}
+    return {"latencies": latencies, "received": len(seen), "sent": sent, "elapsed": elapsed,
+            "sent_total": sent_total}
 
 
 async def measure(url: str, sessions: int, size: int, fps: float,
@@ -95,7 +99,8 @@ async def measure(url: str, sessions: int, size: int, fps: float,
     return {"p50_ms": percentile(latencies, 0.5), "p95_ms": percentile(latencies, 0.95),
             "received_fps_per_session": round(sum(r["received"] for r in results)
                                               / elapsed / sessions, 2),
-            "sent_fps_per_session": round(sum(r["sent"] for r in results) / elapsed / sessions, 2)}
+            "sent_fps_per_session": round(sum(r["sent"] for r in results) / elapsed / sessions, 2),
+            "sent_total": sum(r["sent_total"] for r in results)}
 
 
 def free_port() -> int:
@@ -178,8 +183,10 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        cpu_before = _cpu_seconds(child.pid)
         try:
             result = asyncio.run(measure(url, args.sessions, args.size, args.fps, args.seconds))
+            front_cpu_s = _cpu_seconds(child.pid) - cpu_before
         finally:
             sampling.set()
             sampler.join()
@@ -203,7 +210,15 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         "fps_per_worker": [round(statistics.mean(r), 2) if r else 0.0 for r in rates],
         "hop_p50_ms": percentile(hops, 0.5), "hop_p95_ms": percentile(hops, 0.95),
         "hop_rounds": len(hops),
+        "front_cpu_ms_per_frame": round(front_cpu_s * 1000 / max(1, result["sent_total"]), 2),
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) of a process on this machine (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpus(text: str | None) -> set[int]:
@@ -235,7 +250,8 @@ def main() -> None:
         rows.append(row)
         print(f"{mode:8s} g2g p50 {row['g2g_p50_ms']} ms p95 {row['g2g_p95_ms']} ms  "
               f"fps/worker {row['fps_per_worker']}  hop p50 {row['hop_p50_ms']} ms "
-              f"p95 {row['hop_p95_ms']} ms", flush=True)
+              f"p95 {row['hop_p95_ms']} ms  front CPU {row['front_cpu_ms_per_frame']} ms/frame",
+              flush=True)
     print(json.dumps({
         "benchmark": "scaling", "pipeline": args.pipeline, "sessions": args.sessions,
         "size": args.size, "fps": args.fps, "seconds": args.seconds, "results": rows,
