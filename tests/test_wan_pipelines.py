@@ -449,9 +449,13 @@ def test_the_noise_controller_adds_noise_for_motion() -> None:
 
 # --- the chunk loop -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("name", "first", "later"), [("sdv2", 5, 4), ("longlive", 13, 12)])
-def test_chunks_follow_the_vaes_1_plus_4k(name: str, first: int, later: int,
+@pytest.mark.parametrize(("name", "first", "later", "first_text"),
+                         [("sdv2", 5, 4, 1), ("longlive", 13, 12, 9)])
+def test_chunks_follow_the_vaes_1_plus_4k(name: str, first: int, later: int, first_text: int,
                                           request: pytest.FixtureRequest) -> None:
+    """Video chunks: as many frames out as in (1 + 4k first, 4k after). Text chunks: one block
+    of k latent frames each, the first too (as the T2V models generate), so the first decodes to
+    1 + 4(k − 1) frames."""
     pipeline: WanVideoPipeline = request.getfixturevalue(name)
     state = pipeline.new_state()
     assert pipeline.frames_per_call(state) == first
@@ -460,9 +464,10 @@ def test_chunks_follow_the_vaes_1_plus_4k(name: str, first: int, later: int,
     assert pipeline.frames_per_call(state) == later
     assert chunk(pipeline, state, video(later, 1)).shape == (later, SIZE, SIZE, 3)
     text_state = pipeline.new_state()
-    assert chunk(pipeline, text_state, None).shape == (first, SIZE, SIZE, 3)
+    assert chunk(pipeline, text_state, None).shape == (first_text, SIZE, SIZE, 3)
     assert chunk(pipeline, text_state, None).shape == (later, SIZE, SIZE, 3)
-    assert state.cache.frames == text_state.cache.frames > 0  # each chunk was committed
+    k = pipeline.latent_frames_per_chunk
+    assert (state.cache.frames, text_state.cache.frames) == ((1 + k) + k, 2 * k)  # committed
 
 
 def test_a_prompt_change_and_a_transition_change_the_output(sdv2: WanVideoPipeline) -> None:
@@ -487,7 +492,7 @@ def test_manage_cache_restarts_the_kv_cache_on_a_new_prompt_only(
     state = sdv2.new_state()
     for _ in range(2):
         chunk(sdv2, state, None, settings.snapshot(defaults))
-    assert state.cache_resets == 0 and state.cache.frames == 3
+    assert state.cache_resets == 0 and state.cache.frames == 2  # two 1-latent blocks
     settings.apply(ParameterUpdate.model_validate(
         {"transition": {"target_prompts": prompts("a dog"), "num_steps": 2}}))
     for _ in range(3):  # during and at the end of a transition: no restart
@@ -686,7 +691,11 @@ async def test_webrtc_video_and_text_sessions_through_the_app(pipeline_id: str,
             await video.send({"reset_cache": True})
             await wait_until(lambda: state_of(video) is not v_state)
             fresh = state_of(video)
-            assert fresh.cache.frames <= 2 and fresh.cache_resets == 0
+            k = cls.latent_frames_per_chunk
+            frames, chunks = fresh.cache.frames, fresh.chunks  # in this order: see the bound
+            # Only what the fresh state's own chunks committed (the worker may have run its
+            # first chunk already): 1 + k latent frames for the first, k for each later one.
+            assert frames <= (1 + k) + k * chunks and fresh.cache_resets == 0
             await wait_until(lambda: fresh.chunks >= 2)
             await receive(video, later)  # and frames keep coming
             assert state_of(text) is t_state

@@ -12,7 +12,8 @@ Per call and session (one chunk; `frames_per_call` frames in video mode):
    call of the causal transformer, which attends to the session's KV cache of past frames;
 4. the clean pass: the denoised chunk at timestep 0 is committed to the KV cache;
 5. the streaming VAE decodes the chunk: as many frames as came in (1 + 4k on a session's first
-   chunk, 4k after).
+   chunk, 4k after); in text mode every chunk is k latent frames (the model's block), so the
+   first decodes to 1 + 4(k − 1) frames.
 
 Cache management: with `manage_cache` (default on) the transformer's KV cache restarts when the
 prompt changes outside a transition, or the step list or `noise_scale` changes (old context
@@ -309,7 +310,10 @@ class WanVideoPipeline(Pipeline):
             state.previous_frame = video[0, :, -1]
             count = frames.shape[0]
         else:
-            k = self.latent_frames_per_chunk + (1 if state.vae.decoded_latents == 0 else 0)
+            # Every text chunk is one block of the model's size, the first one too: the causal
+            # T2V models were distilled that way (LongLive, Self-Forcing: 3-latent blocks from
+            # frame 0, the first decoding to 1 + 4·2 frames), and the sinks are that block.
+            k = self.latent_frames_per_chunk
             shape = (1, self.latent_shape[0], k, *self.latent_shape[1:])
             start_sigmas = sigmas
             x = self._noise(state, params, shape, 0)
