@@ -22,7 +22,7 @@ from pipeline.base import LoadParams
 from pipeline.engine import Job
 from pipeline.params import ParameterState, ParameterUpdate
 from pipeline.passthrough import PassthroughPipeline
-from pipeline.ray_backend import NAMESPACE, start_engines
+from pipeline.ray_backend import NAMESPACE, RayEngine, start_engines
 from pipeline.shared_frames import SharedBlock
 from signaling.client import LiveV2VClient, NumberedFrames, read_number
 from tests.conftest import serve_in_thread
@@ -218,67 +218,62 @@ async def test_sessions_through_ray_and_a_killed_worker(cluster: None) -> None:
             ray.kill(worker.engine.actor)  # type: ignore[attr-defined]
 
 
+@pytest.fixture
+def passthrough_engine(cluster: None) -> Iterator[RayEngine]:
+    """One actor with `passthrough` loaded, driven directly (no service): the engine's hop."""
+    (engine,) = start_engines(workers=1, gpus_per_worker=0,
+                              name_prefix=f"t{uuid.uuid4().hex[:8]}")
+    engine.load(PassthroughPipeline, LoadParams(), lambda *_: None)
+    yield engine
+    ray.kill(engine.actor)
+
+
+def job(key: str, frames: np.ndarray, index: int = 0) -> Job:
+    params = ParameterState(None).snapshot(ParameterUpdate())
+    return Job(key=key, frames=frames, size=frames.shape[1:3], params=params, index=index)
+
+
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-memory", "in-the-call"])
 def test_frames_cross_through_shared_memory_or_inside_the_call(
-        cluster: None, shared: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+        cluster: None, shared: bool, monkeypatch: pytest.MonkeyPatch,
+        request: pytest.FixtureRequest) -> None:
     """On one machine the frames of a round go through shared memory (the call carries only
     where they lie); with LIVEV2V_RAY_SHARED_MEMORY=0 (as between machines) inside the call.
     Either way every session gets its own frames back, including frames larger than the
     blocks first made (they grow), and chunks of several frames."""
     monkeypatch.setattr(ray_backend, "SHARED_MEMORY", shared)
-    (engine,) = start_engines(workers=1, gpus_per_worker=0,
-                              name_prefix=f"t{uuid.uuid4().hex[:8]}")
-    try:
-        engine.load(PassthroughPipeline, LoadParams(), lambda *_: None)
-        params = ParameterState(None).snapshot(ParameterUpdate())
-        rng = np.random.default_rng(1)
-        for size, frames in ((32, 1), (1024, 1), (64, 3), (1024, 1)):
-            chunks = [rng.integers(0, 256, (frames, size, size, 3), np.uint8) for _ in range(3)]
-            jobs = [Job(key=f"s{i}", frames=c, size=(size, size), params=params, index=0)
-                    for i, c in enumerate(chunks)]
-            results = engine.run(jobs)
-            assert [r.error for r in results] == [None] * 3
-            for chunk, result in zip(chunks, results, strict=True):
-                assert result.chunk is not None
-                assert np.array_equal(result.chunk[-1], chunk[-1])  # passthrough: the newest
-        assert engine.shares_memory is shared
-    finally:
-        ray.kill(engine.actor)
+    engine: RayEngine = request.getfixturevalue("passthrough_engine")
+    rng = np.random.default_rng(1)
+    for size, frames in ((32, 1), (1024, 1), (64, 3), (1024, 1)):
+        chunks = [rng.integers(0, 256, (frames, size, size, 3), np.uint8) for _ in range(3)]
+        results = engine.run([job(f"s{i}", c) for i, c in enumerate(chunks)])
+        assert [r.error for r in results] == [None] * 3
+        for chunk, result in zip(chunks, results, strict=True):
+            assert result.chunk is not None
+            assert np.array_equal(result.chunk[-1], chunk[-1])  # passthrough: the newest
+    assert engine.shares_memory is shared
 
 
 def test_without_room_in_shared_memory_frames_go_inside_the_call(
-        cluster: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        passthrough_engine: RayEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shared_frames, "HEADROOM", 1 << 60)  # /dev/shm "full"
-    (engine,) = start_engines(workers=1, gpus_per_worker=0,
-                              name_prefix=f"t{uuid.uuid4().hex[:8]}")
-    try:
-        engine.load(PassthroughPipeline, LoadParams(), lambda *_: None)
-        params = ParameterState(None).snapshot(ParameterUpdate())
-        frames = np.full((1, 32, 32, 3), 9, np.uint8)
-        (result,) = engine.run([Job("a", frames, (32, 32), params, 0)])
-        assert result.chunk is not None and int(result.chunk[0, 0, 0, 0]) == 9
-        assert not engine.shares_memory
-    finally:
-        ray.kill(engine.actor)
+    (result,) = passthrough_engine.run([job("a", np.full((1, 32, 32, 3), 9, np.uint8))])
+    assert result.chunk is not None and int(result.chunk[0, 0, 0, 0]) == 9
+    assert not passthrough_engine.shares_memory
 
 
-def test_an_actor_that_cannot_map_the_frames_gets_them_inside_the_call(cluster: None) -> None:
+def test_an_actor_that_cannot_map_the_frames_gets_them_inside_the_call(
+        passthrough_engine: RayEngine) -> None:
     """An actor restarted on another machine cannot map the front's blocks: the round is sent
     again with the frames inside the call, and the front stops using shared memory."""
-    (engine,) = start_engines(workers=1, gpus_per_worker=0,
-                              name_prefix=f"t{uuid.uuid4().hex[:8]}")
-    try:
-        engine.load(PassthroughPipeline, LoadParams(), lambda *_: None)
-        params = ParameterState(None).snapshot(ParameterUpdate())
-        frames = np.full((1, 32, 32, 3), 42, np.uint8)
-        assert engine.run([Job("a", frames, (32, 32), params, 0)])[0].chunk is not None
-        assert engine.shares_memory
-        gone = SharedBlock(), SharedBlock()  # mapped here, but their names are gone
-        for block in gone:
-            block._block.unlink()
-        engine._blocks = gone  # as if the actor now ran where these names do not exist
-        (result,) = engine.run([Job("a", frames, (32, 32), params, 1)])
-        assert result.chunk is not None and int(result.chunk[0, 0, 0, 0]) == 42
-        assert not engine.shares_memory
-    finally:
-        ray.kill(engine.actor)
+    engine = passthrough_engine
+    frames = np.full((1, 32, 32, 3), 42, np.uint8)
+    assert engine.run([job("a", frames)])[0].chunk is not None
+    assert engine.shares_memory
+    gone = SharedBlock(), SharedBlock()  # mapped here, but their names are gone
+    for block in gone:
+        block._block.unlink()
+    engine._blocks = gone  # as if the actor now ran where these names do not exist
+    (result,) = engine.run([job("a", frames, index=1)])
+    assert result.chunk is not None and int(result.chunk[0, 0, 0, 0]) == 42
+    assert not engine.shares_memory
