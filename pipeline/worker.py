@@ -65,6 +65,9 @@ class WorkerStatus(BaseModel):
     """Pipeline time of its recent rounds (EMA)."""
     overhead_ms: float | None
     """Ray workers: a round's round trip minus the actor's own time (EMA): the hop's cost."""
+    shared_memory: bool | None = None
+    """Ray workers: whether frames cross through shared memory (the actor is on this machine)
+    or inside the calls; None before the first round, and for local workers."""
 
 
 @dataclass
@@ -249,7 +252,9 @@ class Worker:
                 loading_stage=self._stage if self._status == "loading" else None,
                 progress=self._progress if self._status in ("loading", "loaded") else None,
                 sessions=len(self._streams), fps_out=round(self._rate.rate(time.monotonic()), 2),
-                process_ms=_round(self._process_ms), overhead_ms=_round(self._overhead_ms))
+                process_ms=_round(self._process_ms), overhead_ms=_round(self._overhead_ms),
+                shared_memory=getattr(self.engine, "shares_memory", None)
+                if self._overhead_ms is not None else None)
 
     @property
     def pipeline_class(self) -> type[Pipeline] | None:

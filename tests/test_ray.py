@@ -102,6 +102,7 @@ def test_placement_and_batching_on_ray_workers(ray_service: PipelineService) -> 
     assert all(int(s.frames[-1].image[1, 1, 0]) == 245 for s in sinks)  # inverted, uint8
     workers = ray_service.status().workers
     assert all(w.sessions == 2 and w.fps_out > 0 and w.overhead_ms is not None for w in workers)
+    assert all(w.shared_memory is True for w in workers)  # the actors run on this machine
 
 
 def test_a_pipeline_swap_while_sessions_stream(ray_service: PipelineService) -> None:
