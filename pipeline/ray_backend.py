@@ -281,8 +281,7 @@ class RayEngine:
                 try:
                     return self._run_shared(jobs, *blocks)
                 except (SharedMemoryUnavailable, NoRoom) as exc:
-                    log.warning("%s: %s; frames now go inside the calls", self.name, exc)
-                    self._stop_sharing()
+                    self._stop_sharing(exc)
             answer: Answer = self._get(self.actor.run.remote(list(jobs), self.front))
             self._note(answer.version)
             return answer.results
@@ -305,8 +304,7 @@ class RayEngine:
         try:
             outbound.ensure(answer.needed)  # a larger block for the next round's chunks
         except NoRoom as exc:  # this round is done: only the next ones go inside the calls
-            log.warning("%s: %s; frames now go inside the calls", self.name, exc)
-            self._stop_sharing()
+            self._stop_sharing(exc)
         return results
 
     @property
@@ -319,24 +317,24 @@ class RayEngine:
         if not self._probed:
             self._probed = True
             try:
-                inbound, token = SharedBlock(), probe_token()
+                blocks = SharedBlock(), SharedBlock()  # frames in, chunks out
             except NoRoom as exc:
-                log.warning("%s: %s; frames go inside the calls", self.name, exc)
+                self._stop_sharing(exc)
                 return None
-            inbound.buf[:len(token)] = token
-            if self._get(self.actor.can_share.remote(inbound.name, token), PING_TIMEOUT_S):
-                try:
-                    self._blocks = (inbound, SharedBlock())
-                    log.info("%s is on this machine: frames go through shared memory", self.name)
-                except NoRoom as exc:
-                    inbound.close()
-                    log.warning("%s: %s; frames go inside the calls", self.name, exc)
-            else:
-                inbound.close()
+            token = probe_token()
+            blocks[0].buf[:len(token)] = token
+            self._blocks = blocks
+            if self._get(self.actor.can_share.remote(blocks[0].name, token), PING_TIMEOUT_S):
+                log.info("%s is on this machine: frames go through shared memory", self.name)
+            else:  # the usual case across machines: not worth a warning
                 log.info("%s is on another machine: frames go inside the calls", self.name)
+                self._stop_sharing()
         return self._blocks
 
-    def _stop_sharing(self) -> None:
+    def _stop_sharing(self, why: object = None) -> None:
+        """Frames go inside the calls from now on; `why` goes to the log as a warning."""
+        if why is not None:
+            log.warning("%s: %s; frames go inside the calls", self.name, why)
         for block in self._blocks or ():
             block.close()
         self._blocks = None
