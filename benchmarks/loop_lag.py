@@ -35,6 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.pinning import cpu_set  # noqa: E402
 from signaling.client import EncodedNumbers, LiveV2VClient  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.tiny_models import build_tiny_sd, build_tiny_taesd  # noqa: E402
@@ -147,9 +148,6 @@ async def measure(url: str, sessions: int, size: int, fps: float, seconds: float
     }
 
 
-def _cpus(text: str | None) -> set[int] | None:
-    return None if not text else {int(x) for x in text.split(",")}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -161,13 +159,13 @@ def main() -> None:
     parser.add_argument("--server-cpus", help="pin the server, e.g. 0")
     parser.add_argument("--client-cpus", help="pin this client process, e.g. 1")
     args = parser.parse_args()
-    client_cpus = _cpus(args.client_cpus)
+    client_cpus = cpu_set(args.client_cpus)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
     counts = [int(x) for x in args.sessions.split(",")]
     sequence = EncodedNumbers.encode(args.input_size)
     with tempfile.TemporaryDirectory(prefix="livev2v-looplag-") as models:
-        proc, url = start_server(Path(models), args.size, _cpus(args.server_cpus),
+        proc, url = start_server(Path(models), args.size, cpu_set(args.server_cpus),
                                  max(4, *counts))
         try:
             rows = []

@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,9 +47,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import serve_in_background  # noqa: E402
+from benchmarks.pinning import cpu_set  # noqa: E402
 from pipeline import FrameRequest, Pipeline  # noqa: E402
 from pipeline.registry import register  # noqa: E402
 from signaling.client import LiveV2VClient, NumberedFrames, read_number  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 
 @register
@@ -103,11 +104,6 @@ async def measure(url: str, sessions: int, size: int, fps: float,
             "sent_total": sum(r["sent_total"] for r in results)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
@@ -153,16 +149,17 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                            _node_ip_address="127.0.0.1")
         ray_address = context.address_info["gcs_address"]
     every_cpu = os.sched_getaffinity(0)
-    if args.client_cpus:
-        os.sched_setaffinity(0, _cpus(args.client_cpus))
+    client_cpus, server_cpus = cpu_set(args.client_cpus), cpu_set(args.server_cpus)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)
     env = {**os.environ, "LIVEV2V_RAY_SHARED_MEMORY": "0" if mode == "ray-store" else "1"}
     command = [sys.executable, __file__, "--serve", mode, "--port", str(free_port()),
                "--pipeline", args.pipeline] + (["--ray-address", ray_address]
                                                if ray_address else [])
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                              env=env)
-    if args.server_cpus:
-        os.sched_setaffinity(child.pid, _cpus(args.server_cpus))
+    if server_cpus:
+        os.sched_setaffinity(child.pid, server_cpus)
     try:
         assert child.stdout is not None and child.stdin is not None
         url = child.stdout.readline().strip()
@@ -220,9 +217,6 @@ def _cpu_seconds(pid: int) -> float:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-
-def _cpus(text: str | None) -> set[int]:
-    return {int(c) for c in text.split(",")} if text else set()
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,12 +36,14 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.pinning import cpu_set  # noqa: E402
 from signaling.client import (  # noqa: E402
     EncodedNumbers,
     LiveV2VClient,
     NumberedFrames,
     read_frame_number,
 )
+from tests.conftest import free_port  # noqa: E402
 
 CLIENT_SATURATED = 0.85
 """Client CPU (fraction of the cores it may use) above which its own figures are suspect."""
@@ -176,11 +177,6 @@ async def _fresh_session(url: str, size: int, fps: float, sequence: list[bytes])
         return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start_server(cpus: set[int] | None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
@@ -200,9 +196,6 @@ def start_server(cpus: set[int] | None) -> tuple[subprocess.Popen[bytes], str]:
     proc.kill()
     raise SystemExit("server did not start")
 
-
-def _cpus(text: str | None) -> set[int] | None:
-    return None if not text else {int(x) for x in text.split(",")}
 
 
 def main() -> None:
@@ -226,10 +219,10 @@ def main() -> None:
                         help="receive with stock aiortc, which holds each frame until the next "
                              "one starts (adds one frame interval); default: like a browser")
     args = parser.parse_args()
-    client_cpus = _cpus(args.client_cpus)
+    client_cpus = cpu_set(args.client_cpus)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
-    proc, url = (None, args.url) if args.url else start_server(_cpus(args.server_cpus))
+    proc, url = (None, args.url) if args.url else start_server(cpu_set(args.server_cpus))
     server_cpu = CpuCounter(proc.pid if proc else args.server_pid, url)
     sequence = EncodedNumbers.encode(args.size)
     cores = len(os.sched_getaffinity(0))
