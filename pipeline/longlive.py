@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
-
 from .params import Mode, ParameterUpdate
-from .schema_ui import ui
-from .wan.video import WanParams, WanVideoPipeline
+from .wan.video import WanParams, WanVideoPipeline, wan_field
 
 CHECKPOINT = "Efficient-Large-Model/LongLive-1.3B/models/longlive_base.pt"
 LORA = "Efficient-Large-Model/LongLive-1.3B/models/lora.pt"
@@ -24,23 +21,14 @@ VACE_MODULE = "Kijai/WanVideo_comfy/Wan2_1-VACE_module_1_3B_bf16.safetensors"
 class LongLiveParams(WanParams):
     """`load_params` of `longlive` (Scope's defaults: 320×576, VACE on)."""
 
-    height: int = Field(default=320, ge=16, le=2048, multiple_of=16,
-        json_schema_extra=ui(1, "Height", component="resolution"))
-    width: int = Field(default=576, ge=16, le=2048, multiple_of=16,
-        json_schema_extra=ui(1, "Width", component="resolution"))
-    checkpoint: str | None = Field(default=CHECKPOINT, min_length=1, max_length=1000,
-        json_schema_extra=ui(11, "Generator checkpoint"))
-    lora: str | None = Field(default=LORA, min_length=1, max_length=1000,
-        json_schema_extra=ui(12, "LoRA"))
-    vace_id: str | None = Field(default=VACE_MODULE, min_length=1, max_length=1000,
-        json_schema_extra=ui(14, "VACE weights", component="vace"))
-    timestep_shift: float = Field(default=5.0, ge=1.0, le=20.0, allow_inf_nan=False,
-        json_schema_extra=ui(18, "Timestep shift"))
-    local_attn_size: int = Field(default=12, ge=-1, le=1000,
-        json_schema_extra=ui(19, "Attention window (latent frames)", component="cache"))
-    sink_size: int = Field(default=3, ge=0, le=100,
-        json_schema_extra=ui(20, "Sink frames", component="cache"))
-
+    height: int = wan_field("height", 320)
+    width: int = wan_field("width", 576)
+    checkpoint: str | None = wan_field("checkpoint", CHECKPOINT)
+    lora: str | None = wan_field("lora", LORA)
+    vace_id: str | None = wan_field("vace_id", VACE_MODULE)
+    timestep_shift: float = wan_field("timestep_shift", 5.0)
+    local_attn_size: int = wan_field("local_attn_size", 12)
+    sink_size: int = wan_field("sink_size", 3)
 
 class LongLivePipeline(WanVideoPipeline):
     id = "longlive"

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
-
 from .params import Mode, ParameterUpdate
-from .schema_ui import ui
-from .wan.video import WanParams, WanVideoPipeline
+from .wan.video import WanParams, WanVideoPipeline, wan_field
 
 CHECKPOINT = "jerryfeng/StreamDiffusionV2/wan_causal_dmd_v2v/model.pt"
 VACE_MODULE = "Kijai/WanVideo_comfy/Wan2_1-VACE_module_1_3B_bf16.safetensors"
@@ -25,17 +22,11 @@ VACE_MODULE = "Kijai/WanVideo_comfy/Wan2_1-VACE_module_1_3B_bf16.safetensors"
 class StreamDiffusionV2Params(WanParams):
     """`load_params` of `streamdiffusionv2` (Scope's defaults: 512×512, VACE on)."""
 
-    checkpoint: str | None = Field(default=CHECKPOINT, min_length=1, max_length=1000,
-        json_schema_extra=ui(11, "Generator checkpoint"))
-    vace_id: str | None = Field(default=VACE_MODULE, min_length=1, max_length=1000,
-        json_schema_extra=ui(14, "VACE weights", component="vace"))
-    timestep_shift: float = Field(default=1.0, ge=1.0, le=20.0, allow_inf_nan=False,
-        json_schema_extra=ui(18, "Timestep shift"))
-    local_attn_size: int = Field(default=6, ge=-1, le=1000,
-        json_schema_extra=ui(19, "Attention window (latent frames)", component="cache"))
-    sink_size: int = Field(default=3, ge=0, le=100,
-        json_schema_extra=ui(20, "Sink frames", component="cache"))
-
+    checkpoint: str | None = wan_field("checkpoint", CHECKPOINT)
+    vace_id: str | None = wan_field("vace_id", VACE_MODULE)
+    timestep_shift: float = wan_field("timestep_shift", 1.0)
+    local_attn_size: int = wan_field("local_attn_size", 6)
+    sink_size: int = wan_field("sink_size", 3)
 
 class StreamDiffusionV2Pipeline(WanVideoPipeline):
     id = "streamdiffusionv2"

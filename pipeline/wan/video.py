@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
 from pydantic import Field
+from pydantic.fields import FieldInfo
 
 from ..base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
 from ..blending import conditioning
@@ -124,6 +125,12 @@ class WanParams(LoadParams):
         files = [r for r in (self.checkpoint, self.lora, self.vace_id)
                  if r and is_local_file_ref(r)]
         return [self.model_id, *files]
+
+
+def wan_field(name: str, default: Any) -> Any:
+    """`WanParams`' field `name` (its bounds, description and UI hint) with another default: a
+    pipeline's params declare only their own defaults."""
+    return FieldInfo.merge_field_infos(WanParams.model_fields[name], default=default)
 
 
 @dataclass
