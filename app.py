@@ -130,7 +130,7 @@ def build_service(settings: ServerSettings, path_policy: LocalPathPolicy) -> Pip
         if settings.devices:
             raise ValueError("--devices is for --backend local; with Ray, workers are placed "
                              "on GPUs by Ray (--ray-workers, --ray-gpus-per-worker)")
-        from pipeline.ray_backend import start_engines  # Ray is optional: import it only here
+        from pipeline.serving.ray_backend import start_engines  # Ray is optional: only here
 
         engines = start_engines(address=settings.ray_address, workers=settings.ray_workers,
                                 gpus_per_worker=settings.ray_gpus_per_worker)

@@ -60,7 +60,7 @@ def benchmark_runs(configs: list[str], model_root: Path) -> list[dict[str, Any]]
 
 
 def cuda_test_files() -> list[str]:
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                   if CUDA_MARK.search(p.read_text(encoding="utf-8")))
 
 

@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # before benchmarks/, whose pipeline.py is this file
 
 from pipeline.base import FrameRequest  # noqa: E402
+from pipeline.models.streamdiffusion import StreamDiffusionParams, StreamDiffusionPipeline  # noqa: E402
 from pipeline.params import ParameterState, ParameterUpdate  # noqa: E402
-from pipeline.streamdiffusion import StreamDiffusionParams, StreamDiffusionPipeline  # noqa: E402
 from tests.tiny_models import build_tiny_sd, build_tiny_taesd, write_tiny_clip_tokenizer  # noqa: E402
 
 WAN_CONFIGS = ("longlive", "streamdiffusionv2")

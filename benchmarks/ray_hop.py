@@ -65,11 +65,11 @@ def _engine_rounds(frame: np.ndarray, shared: bool, sessions: int, calls: int) -
     """Rounds through LiveV2V's Ray engine: each round trip minus the actor's engine time."""
     import ray
 
-    import pipeline.ray_backend as backend
+    import pipeline.serving.ray_backend.front as backend
     from pipeline.base import LoadParams
-    from pipeline.engine import Job
+    from pipeline.models.passthrough import PassthroughPipeline
     from pipeline.params import ParameterState, ParameterUpdate
-    from pipeline.passthrough import PassthroughPipeline
+    from pipeline.serving.engine import Job
 
     backend.SHARED_MEMORY = shared
     engine = backend.start_engines(workers=1, gpus_per_worker=0,

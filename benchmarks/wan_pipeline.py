@@ -39,11 +39,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipeline.base import FrameRequest  # noqa: E402
-from pipeline.longlive import LongLivePipeline  # noqa: E402
+from pipeline.models.wan.longlive import LongLivePipeline  # noqa: E402
+from pipeline.models.wan.streamdiffusionv2 import StreamDiffusionV2Pipeline  # noqa: E402
+from pipeline.models.wan.video import WanVideoPipeline  # noqa: E402
+from pipeline.models.wan.weights import WanModel  # noqa: E402
 from pipeline.params import ParameterState, ParameterUpdate  # noqa: E402
-from pipeline.streamdiffusionv2 import StreamDiffusionV2Pipeline  # noqa: E402
-from pipeline.wan.video import WanVideoPipeline  # noqa: E402
-from pipeline.wan.weights import WanModel  # noqa: E402
 
 PIPELINES: dict[str, type[WanVideoPipeline]] = {
     "longlive": LongLivePipeline, "streamdiffusionv2": StreamDiffusionV2Pipeline}

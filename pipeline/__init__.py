@@ -1,14 +1,20 @@
-"""Frame pipelines and the shared pipeline service. Never imports aiortc or FastAPI."""
+"""Frame pipelines and the serving runtime that feeds them. Never imports aiortc or FastAPI.
 
+Rooms: the interface at this level (`base`, `params`, `hints`, `schema`, `errors`, `registry`),
+`models/` (the pipelines), `serving/` (service, workers, streams, Ray), `resources/` (hub
+downloads, assets, paths, hardware). docs/architecture.md draws the arrows between them.
+"""
+
+from . import models  # noqa: F401 - registers the built-in pipelines
 from .base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
 from .errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
-from .frames import InputFrame, OutputFrame
 from .params import FrameParams, Mode, ParameterUpdate, WeightedPrompt
-from .paths import ForbiddenPathError, LocalPathPolicy
 from .registry import UnknownPipelineError
-from .service import PipelineService, PipelineStatus
-from .stream import Stream, StreamSink
-from .worker import Worker, WorkerStatus
+from .resources.paths import ForbiddenPathError, LocalPathPolicy
+from .serving.frames import InputFrame, OutputFrame
+from .serving.service import PipelineService, PipelineStatus
+from .serving.stream import Stream, StreamSink
+from .serving.worker import Worker, WorkerStatus
 
 __all__ = [
     "ForbiddenPathError",

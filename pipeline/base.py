@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .hub import HubModel
+from .hints import ui
 from .params import FrameParams, Mode, ParameterUpdate
-from .schema_ui import ui
+from .resources.hub import HubModel
 
 ProgressCallback = Callable[[float, str], None]
 """`progress(fraction in 0..1, stage text)`; called from the loader thread."""

@@ -1,16 +1,15 @@
-"""The pipeline registry: ids → classes, and the `/pipelines/schemas` entries built from them."""
+"""The pipeline registry: ids → classes, and the `/pipelines/schemas` entries built from them.
+
+It knows no concrete pipeline: `pipeline.models` registers the built-in ones when the `pipeline`
+package is imported, and tests register their own, so the serving runtime looks pipelines up
+here without importing a model."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .base import Pipeline
-from .cpu_effect import CpuEffectPipeline
-from .longlive import LongLivePipeline
-from .passthrough import PassthroughPipeline
-from .schema_ui import config_schema, metadata
-from .streamdiffusion import StreamDiffusionPipeline
-from .streamdiffusionv2 import StreamDiffusionV2Pipeline
+from .schema import config_schema, metadata
 
 _PIPELINES: dict[str, type[Pipeline]] = {}
 
@@ -18,11 +17,6 @@ _PIPELINES: dict[str, type[Pipeline]] = {}
 def register(cls: type[Pipeline]) -> type[Pipeline]:
     _PIPELINES[cls.id] = cls
     return cls
-
-
-for _cls in (PassthroughPipeline, CpuEffectPipeline, StreamDiffusionPipeline, LongLivePipeline,
-             StreamDiffusionV2Pipeline):
-    register(_cls)
 
 
 class UnknownPipelineError(KeyError):

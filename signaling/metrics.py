@@ -14,8 +14,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline import PipelineService, hardware
-from pipeline.events import BatchDone, LoadDone, ServiceEvent
+from pipeline import PipelineService
+from pipeline.resources import hardware
+from pipeline.serving.events import BatchDone, LoadDone, ServiceEvent
 
 from .sessions import SessionRegistry
 

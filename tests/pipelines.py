@@ -9,14 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline import (
-    FrameRequest,
-    Mode,
-    OutputFrame,
-    Pipeline,
-    PipelineError,
-    ProgressCallback,
-)
+from pipeline import FrameRequest, Mode, OutputFrame, Pipeline, PipelineError, ProgressCallback
 from pipeline.registry import register
 
 

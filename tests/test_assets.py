@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from pipeline.assets import AssetStore, AssetTooLargeError
+from pipeline.resources.assets import AssetStore, AssetTooLargeError
 from tests.conftest import Server, serve_in_thread
 
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from pipeline.assets import AssetStore, safe_stem
+from pipeline.resources.assets import AssetStore, safe_stem
 from signaling.messages import MessageError, parse_update
 from signaling.sdp import SdpError, check_offer, parse_candidate
 from tests.conftest import Server, serve_in_thread

@@ -23,9 +23,9 @@ import pytest
 from huggingface_hub import try_to_load_from_cache
 
 from pipeline import LoadParams
-from pipeline.hub import HubModel
-from pipeline.passthrough import PassthroughPipeline
+from pipeline.models.passthrough import PassthroughPipeline
 from pipeline.registry import register
+from pipeline.resources.hub import HubModel
 from tests.conftest import ROOT, Server, free_port, serve_in_thread, wait_until_loaded
 from tests.local_hub import LocalHub
 from tests.tiny_models import build_tiny_sd, build_tiny_taesd
@@ -132,7 +132,8 @@ def test_downloaded_weights_load_offline(hub: LocalHub, server: Server, tmp_path
                timeout=30).raise_for_status()
     wait_status(server, "streamdiffusion", lambda s: s["downloaded"])
     script = (
-        "from pipeline.streamdiffusion import StreamDiffusionPipeline, StreamDiffusionParams\n"
+        "from pipeline.models.streamdiffusion import (StreamDiffusionParams,\n"
+        "    StreamDiffusionPipeline)\n"
         "p = StreamDiffusionPipeline(StreamDiffusionParams(height=64, width=64, device='cpu'))\n"
         "p.load(lambda f, s: None)\n"
         "print('LOADED', p.latent_shape)\n")

@@ -20,7 +20,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from pipeline import FrameRequest, InputFrame, LoadParams, Pipeline, PipelineService
 from pipeline.registry import register
-from pipeline.schema_ui import config_schema
+from pipeline.schema import config_schema
 from signaling.client import NumberedFrames
 from signaling.logbuffer import LogBuffer
 from tests.conftest import Server, serve_in_thread

@@ -8,7 +8,13 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from pipeline.assets import AssetError, AssetInfo, AssetStore, AssetTooLargeError, AssetType
+from pipeline.resources.assets import (
+    AssetError,
+    AssetInfo,
+    AssetStore,
+    AssetTooLargeError,
+    AssetType,
+)
 
 from .context import ApiContext
 

@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from pipeline import hardware
+from pipeline.resources import hardware
 
 from .context import ApiContext
 

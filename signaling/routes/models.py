@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline import UnknownPipelineError
 from pipeline import registry as pipelines
-from pipeline.hub import (
+from pipeline.resources.hub import (
     DownloadInProgressError,
     HubModel,
     HubOfflineError,

@@ -3,7 +3,7 @@
 Per call and session (one chunk; `frames_per_call` frames in video mode):
 
 1. conditioning: the UMT5 embedding of the prompt list, blended and moved along a transition
-   (pipeline/blending.py), cached per text;
+   (pipeline/models/blending.py), cached per text;
 2. start latents: text mode pure noise; video mode the input encoded by the streaming VAE and
    noised to n = `noise_scale` (or what the motion-aware controller makes of it),
    x = n·ε + (1 − n)·z; with VACE on, the encoded input becomes VACE's control context instead
@@ -33,15 +33,16 @@ import torch.nn.functional as F  # noqa: N812 - the usual alias
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
-from ..base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
-from ..blending import conditioning
-from ..diffusion.loading import is_out_of_memory, out_of_memory
-from ..diffusion.noise import seeded_normal
-from ..hub import HubModel
-from ..params import FrameParams, Mode, ParameterState, WeightedPrompt
-from ..paths import looks_local
-from ..schema_ui import ui
-from ..streamdiffusion import crop_to_aspect
+from pipeline.base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
+from pipeline.hints import ui
+from pipeline.models.blending import conditioning
+from pipeline.models.diffusion.loading import is_out_of_memory, out_of_memory
+from pipeline.models.diffusion.noise import seeded_normal
+from pipeline.models.streamdiffusion import crop_to_aspect
+from pipeline.params import FrameParams, Mode, ParameterState, WeightedPrompt
+from pipeline.resources.hub import HubModel
+from pipeline.resources.paths import looks_local
+
 from . import sampling
 from .text import MAX_LENGTH, TextEncoder
 from .vace_loading import load_vace_transformer, vace_control

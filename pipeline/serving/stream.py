@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from .errors import UnsupportedModeError
+from pipeline.base import Pipeline
+from pipeline.errors import UnsupportedModeError
+from pipeline.params import Mode, ParameterState, ParameterUpdate
+
 from .frames import CLOCK_RATE, CLOCK_TIME_BASE, FrameWindow, InputFrame, OutputFrame
-from .params import Mode, ParameterState, ParameterUpdate
 from .stats import StreamStats
-
-if TYPE_CHECKING:
-    from .worker import Worker
 
 AUTO_TEXT_GRACE_S = 1.5
 """With no `input_mode`, a client that offered video but has sent no frame for this long gets
@@ -32,10 +31,25 @@ class StreamSink(Protocol):
     def on_stopped(self, message: str) -> None: ...
 
 
+class StreamHost(Protocol):
+    """What a stream asks of the worker it is pinned to (`pipeline.serving.worker.Worker`)."""
+
+    engine: Any
+    text_fps: float
+
+    @property
+    def pipeline_class(self) -> type[Pipeline] | None: ...
+    @property
+    def first_chunk_frames(self) -> int: ...
+    def defaults_for(self, mode: Mode) -> ParameterUpdate: ...
+    def wake(self) -> None: ...
+    def detach(self, stream: Stream) -> None: ...
+
+
 class Stream:
     """Created by `PipelineService.open_stream`; one per session, pinned to one worker."""
 
-    def __init__(self, worker: Worker, sink: StreamSink, *, offers_video: bool,
+    def __init__(self, worker: StreamHost, sink: StreamSink, *, offers_video: bool,
                  initial: ParameterUpdate | None = None, held: bool = False) -> None:
         self.id = uuid.uuid4().hex
         self.worker = worker

@@ -32,20 +32,15 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
 from pydantic import Field
 
-from .base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
+from pipeline.base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
+from pipeline.hints import ui
+from pipeline.params import FrameParams, Mode, ParameterState, ParameterUpdate
+from pipeline.resources.hub import HubModel
+from pipeline.resources.paths import looks_local
+
 from .blending import conditioning
-from .diffusion.loading import (
-    FULL_VAE,
-    TAESD_ID,
-    is_out_of_memory,
-    load_sd_model,
-    out_of_memory,
-)
+from .diffusion.loading import FULL_VAE, TAESD_ID, is_out_of_memory, load_sd_model, out_of_memory
 from .diffusion.noise import SessionNoise
-from .hub import HubModel
-from .params import FrameParams, Mode, ParameterState, ParameterUpdate
-from .paths import looks_local
-from .schema_ui import ui
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 VACE_MAX_STEP = 750

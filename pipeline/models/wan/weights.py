@@ -36,8 +36,14 @@ from typing import Any
 
 import torch
 
-from ..base import PipelineError, ProgressCallback
-from ..diffusion.loading import Source, is_out_of_memory, loading, out_of_memory, resolve_source
+from pipeline.base import PipelineError, ProgressCallback
+from pipeline.models.diffusion.loading import (
+    Source,
+    is_out_of_memory,
+    loading,
+    out_of_memory,
+    resolve_source,
+)
 
 log = logging.getLogger(__name__)
 

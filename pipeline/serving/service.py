@@ -8,7 +8,7 @@ Scope's shape, plus each worker.
 
 Threads: the event loop only calls the cheap, lock-guarded entry points (`load`, `status`,
 `open_stream`, `Stream.push/update/close`); each worker has a loader thread and a worker thread
-(pipeline/worker.py).
+(pipeline/serving/worker.py).
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from . import registry
-from .base import LoadParams, Pipeline
-from .engine import LocalEngine
-from .errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
+from pipeline import registry
+from pipeline.base import LoadParams, Pipeline
+from pipeline.errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
+from pipeline.params import Mode, ParameterUpdate
+from pipeline.resources.paths import LocalPathPolicy
+
+from .engine import Engine, LocalEngine
 from .events import Listener
-from .params import Mode, ParameterUpdate
-from .paths import LocalPathPolicy
 from .stream import Stream, StreamSink
-from .worker import Engine, Status, Worker, WorkerStatus
+from .worker import Status, Worker, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class PipelineService:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def add_listener(self, listener: Listener) -> None:
-        """Be told of every worker's rounds and loads (pipeline.events), on their threads."""
+        """Be told of every worker's rounds and loads (`events`), on their threads."""
         for worker in self.workers:
             worker.listeners.append(listener)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline.blending import blend, conditioning, interpolate, slerp
+from pipeline.models.blending import blend, conditioning, interpolate, slerp
 from pipeline.params import ParameterState, ParameterUpdate, WeightedPrompt
 
 DEFAULTS = ParameterUpdate(prompts=[WeightedPrompt(text="default")], denoising_step_list=[700, 500],

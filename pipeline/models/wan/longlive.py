@@ -3,15 +3,16 @@
 A Self-Forcing-distilled causal generator with a LoRA tuned for long, prompt-switchable streams;
 chunks of 3 latent frames (12 video frames, 13 on a session's first chunk), attention over a
 window of 12 latent frames with the first 3 kept as sinks, steps [1000, 750, 500, 250] warped
-with shift 5. The loop is `pipeline.wan.video` (see docs/video-models.md).
+with shift 5. The loop is `pipeline.models.wan.video` (see docs/video-models.md).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from .params import Mode, ParameterUpdate
-from .wan.video import WanParams, WanVideoPipeline, wan_field
+from pipeline.params import Mode, ParameterUpdate
+
+from .video import WanParams, WanVideoPipeline, wan_field
 
 CHECKPOINT = "Efficient-Large-Model/LongLive-1.3B/models/longlive_base.pt"
 LORA = "Efficient-Large-Model/LongLive-1.3B/models/lora.pt"

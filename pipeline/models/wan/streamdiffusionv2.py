@@ -5,15 +5,16 @@ frame (4 video frames, 5 on a session's first chunk), attention over 6 latent fr
 first 3 kept as sinks (its KV cache is num_kv_cache 6 frames long, the chunk included, with
 `sink_size` 3 frames), the step list used as given (σ = t/1000: its scheduler's shift 8 is not
 applied to the list, `warp_denoising_step: false`), the motion-aware noise controller on. The
-loop is `pipeline.wan.video` (see docs/video-models.md).
+loop is `pipeline.models.wan.video` (see docs/video-models.md).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from .params import Mode, ParameterUpdate
-from .wan.video import WanParams, WanVideoPipeline, wan_field
+from pipeline.params import Mode, ParameterUpdate
+
+from .video import WanParams, WanVideoPipeline, wan_field
 
 CHECKPOINT = "jerryfeng/StreamDiffusionV2/wan_causal_dmd_v2v/model.pt"
 VACE_MODULE = "Kijai/WanVideo_comfy/Wan2_1-VACE_module_1_3B_bf16.safetensors"

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import ray
 
-from pipeline import InputFrame, PipelineService, Stream, ray_backend, shared_frames
+from pipeline import InputFrame, PipelineService, Stream
 from pipeline.base import LoadParams
-from pipeline.engine import Job
+from pipeline.models.passthrough import PassthroughPipeline
 from pipeline.params import ParameterState, ParameterUpdate
-from pipeline.passthrough import PassthroughPipeline
-from pipeline.ray_backend import NAMESPACE, RayEngine, start_engines
-from pipeline.shared_frames import SharedBlock
+from pipeline.serving.engine import Job
+from pipeline.serving.ray_backend import NAMESPACE, RayEngine, shared_frames, start_engines
+from pipeline.serving.ray_backend import front as ray_front
+from pipeline.serving.ray_backend.shared_frames import SharedBlock
 from signaling.client import LiveV2VClient, NumberedFrames, read_number
 from tests.conftest import serve_in_thread
 from tests.pipelines import RecordingSink
@@ -242,7 +243,7 @@ def test_frames_cross_through_shared_memory_or_inside_the_call(
     where they lie); with LIVEV2V_RAY_SHARED_MEMORY=0 (as between machines) inside the call.
     Either way every session gets its own frames back, including frames larger than the
     blocks first made (they grow), and chunks of several frames."""
-    monkeypatch.setattr(ray_backend, "SHARED_MEMORY", shared)
+    monkeypatch.setattr(ray_front, "SHARED_MEMORY", shared)
     engine: RayEngine = request.getfixturevalue("passthrough_engine")
     rng = np.random.default_rng(1)
     for size, frames in ((32, 1), (1024, 1), (64, 3), (1024, 1)):

@@ -1,9 +1,9 @@
 """What runs a worker's pipeline calls: one loaded pipeline, each session's state, batching.
 
-A worker (pipeline/worker.py) decides which of its sessions have work and turns results into
+A worker (pipeline/serving/worker.py) decides which of its sessions have work and turns results into
 timestamped output; its engine turns the jobs of one round (one per session) into one output
 chunk each. `LocalEngine` runs the pipeline in this process. The Ray backend runs a
-`LocalEngine` inside each actor (pipeline/ray_backend.py), so both backends keep state, batch
+`LocalEngine` inside each actor (pipeline/serving/ray_backend/), so both backends keep state, batch
 and fail in the same way; only uint8 frames and small parameter records cross the wire.
 """
 
@@ -15,12 +15,12 @@ import time
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from .base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
-from .params import FrameParams
+from pipeline.base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
+from pipeline.params import FrameParams
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,19 @@ class JobResult:
     """Wall time of the pipeline call that produced it."""
     engine_s: float = 0.0
     """Wall time of the whole `run` it came from (all its batches)."""
+
+
+class Engine(Protocol):
+    """What a worker's thread calls: `LocalEngine`, or the front's side of a Ray actor."""
+
+    device: str | None
+    first_frames: int
+
+    def load(self, cls: type[Pipeline], params: LoadParams,
+             progress: ProgressCallback) -> None: ...
+    def run(self, jobs: list[Job]) -> list[JobResult]: ...
+    def release(self, keys: list[str]) -> None: ...
+    def close(self) -> None: ...
 
 
 class LocalEngine:

@@ -25,16 +25,10 @@ from typing import Any
 
 import torch
 
-from ..base import PipelineError
+from pipeline.base import PipelineError
+
 from .vae import StreamingVAE
-from .weights import (
-    check_fit,
-    empty_model,
-    fetch_file,
-    fill,
-    read_checkpoint,
-    to_diffusers_keys,
-)
+from .weights import check_fit, empty_model, fetch_file, fill, read_checkpoint, to_diffusers_keys
 
 _BLOCK = re.compile(r"^vace_blocks\.(\d+)\.")
 MASK_CHANNELS = 64

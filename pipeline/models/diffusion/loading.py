@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from ..base import PipelineError, ProgressCallback
-from ..paths import looks_local
+from pipeline.base import PipelineError, ProgressCallback
+from pipeline.resources.paths import looks_local
 
 log = logging.getLogger(__name__)
 

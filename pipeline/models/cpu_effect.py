@@ -16,9 +16,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import FrameRequest, Pipeline
+from pipeline.base import FrameRequest, Pipeline
+from pipeline.params import Mode, ParameterUpdate, WeightedPrompt
+
 from .blending import conditioning
-from .params import Mode, ParameterUpdate, WeightedPrompt
 
 # highlight colour for a word (RGB 0..1); the shadow colour is a deep shade of the same hue
 _COLOURS: dict[str, tuple[float, float, float]] = {

@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import FrameRequest, Pipeline
-from .params import Mode
+from pipeline.base import FrameRequest, Pipeline
+from pipeline.params import Mode
 
 
 class PassthroughPipeline(Pipeline):

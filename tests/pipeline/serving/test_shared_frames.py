@@ -1,5 +1,6 @@
-"""Frames in shared memory between two processes (pipeline/shared_frames.py): packing, growth,
-and a block mapped by another process (a real one, started with multiprocessing)."""
+"""Frames in shared memory between two processes (pipeline/serving/ray_backend/shared_frames.py):
+packing, growth, and a block mapped by another process (a real one, started with
+multiprocessing)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import shared_frames
-from pipeline.shared_frames import (
+from pipeline.serving.ray_backend import shared_frames
+from pipeline.serving.ray_backend.shared_frames import (
     MIN_BLOCK,
     NoRoom,
     SharedBlock,
@@ -22,7 +23,7 @@ from pipeline.shared_frames import (
     unpack,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_arrays_round_trip_and_what_does_not_fit_is_left_out() -> None:
@@ -58,7 +59,7 @@ def test_a_grown_block_has_a_new_name_and_the_old_one_is_gone() -> None:
 CHILD = """
 import sys
 import numpy as np
-from pipeline.shared_frames import Mapped, can_map, pack
+from pipeline.serving.ray_backend.shared_frames import Mapped, can_map, pack
 name, token = sys.argv[1], bytes.fromhex(sys.argv[2])
 print(can_map(name, token), flush=True)
 mapped = Mapped()

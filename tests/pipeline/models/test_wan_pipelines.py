@@ -3,8 +3,8 @@
 Everything loads through `model_id` from a diffusers-layout folder written by
 `tests.tiny_wan` (plus generator, LoRA and VACE files written here in the original Wan key
 names), with the same code a hub id takes. The causal transformer itself is tested in
-tests/test_wan_transformer.py; here: the streaming VAE, weight conversion, load errors, the
-sampler and the chunk loop.
+test_wan_transformer.py beside this file; here: the streaming VAE, weight conversion, load
+errors, the sampler and the chunk loop.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from pipeline import FrameRequest, PipelineError
-from pipeline.longlive import LongLivePipeline
+from pipeline.models.wan import sampling, weights
+from pipeline.models.wan.longlive import LongLivePipeline
+from pipeline.models.wan.streamdiffusionv2 import StreamDiffusionV2Pipeline
+from pipeline.models.wan.vae import StreamingVAE
+from pipeline.models.wan.video import WanVideoPipeline
 from pipeline.params import FrameParams, Mode, ParameterState, ParameterUpdate
-from pipeline.streamdiffusionv2 import StreamDiffusionV2Pipeline
-from pipeline.wan import sampling, weights
-from pipeline.wan.vae import StreamingVAE
-from pipeline.wan.video import WanVideoPipeline
 from tests.tiny_wan import build_tiny_wan
 
 SIZE = 16

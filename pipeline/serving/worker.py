@@ -14,17 +14,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
 
-from . import registry
-from .base import LoadParams, Pipeline, PipelineError, ProgressCallback
-from .engine import Job, JobResult, WorkerLost
+from pipeline import registry
+from pipeline.base import LoadParams, Pipeline, PipelineError
+from pipeline.params import Mode, ParameterUpdate
+
+from .engine import Engine, Job, JobResult, WorkerLost
 from .events import BatchDone, Listener, LoadDone, ServiceEvent
 from .frames import InputFrame, OutputFrame
-from .params import Mode, ParameterUpdate
 from .stats import RateMeter
 from .stream import Stream
 
@@ -35,19 +36,6 @@ HEALTH_CHECK_S = 1.0
 """How often an idle worker asks a remote engine whether its process is still there."""
 MAX_AUTO_RELOADS = 3
 """Times a worker whose process restarted reloads the pipeline by itself before giving up."""
-
-
-class Engine(Protocol):
-    """What a worker's thread calls: `LocalEngine`, or the front's side of a Ray actor."""
-
-    device: str | None
-    first_frames: int
-
-    def load(self, cls: type[Pipeline], params: LoadParams,
-             progress: ProgressCallback) -> None: ...
-    def run(self, jobs: list[Job]) -> list[JobResult]: ...
-    def release(self, keys: list[str]) -> None: ...
-    def close(self) -> None: ...
 
 
 class WorkerStatus(BaseModel):
@@ -109,7 +97,7 @@ class Worker:
         self._rate = RateMeter()
         self._process_ms: float | None = None
         self._overhead_ms: float | None = None
-        self.listeners: list[Listener] = []  # told of every round and load (pipeline.events)
+        self.listeners: list[Listener] = []  # told of every round and load (`events`)
         self.overheads: deque[float] = deque(maxlen=4096)
         """Remote workers: each round's hop cost in ms (round trip minus the actor's time)."""
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from .params import FrameParams, InterpolationMethod, WeightedPrompt
+from pipeline.params import FrameParams, InterpolationMethod, WeightedPrompt
 
 
 class _Array(Protocol):

@@ -19,9 +19,8 @@ from diffusers import DDPMScheduler, EulerDiscreteScheduler
 from pydantic import ValidationError
 
 from pipeline import FrameRequest, InputFrame, PipelineError, PipelineService
-from pipeline.diffusion.noise import SessionNoise
-from pipeline.params import FrameParams, Mode, ParameterState, ParameterUpdate
-from pipeline.streamdiffusion import (
+from pipeline.models.diffusion.noise import SessionNoise
+from pipeline.models.streamdiffusion import (
     StreamDiffusionParams,
     StreamDiffusionPipeline,
     cap_strength,
@@ -29,6 +28,7 @@ from pipeline.streamdiffusion import (
     predicted_x0,
     to_timesteps,
 )
+from pipeline.params import FrameParams, Mode, ParameterState, ParameterUpdate
 from tests.pipelines import RecordingSink
 from tests.tiny_models import SCHEDULER_CONFIG, build_tiny_sd, build_tiny_taesd
 

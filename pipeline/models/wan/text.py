@@ -3,7 +3,7 @@
 As WanPipeline does, a prompt is tokenized to at most `max_length` tokens (512 for Wan2.1), run
 through `UMT5EncoderModel`, cut to its real tokens and zero-padded back to `max_length`: the
 transformer's cross-attention sees zeros where the padding was. Embeddings are cached per
-distinct text (LRU), so weighted prompt lists, blends and transitions (pipeline/blending.py)
+distinct text (LRU), so weighted prompt lists, blends and transitions (pipeline/models/blending.py)
 cost one encoder call per new text only.
 """
 

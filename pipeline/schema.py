@@ -1,41 +1,16 @@
-"""Scope's schema shape: `ui` hints on `config_schema` properties, and the metadata keys.
-
-Scope's app renders a property in its Settings panel only when the property carries a `ui`
-object: `{category, order, component, modes, is_load_param, label}`. `is_load_param` true means
-"a load parameter" (locked while streaming), false "a runtime parameter" (live). A `component`
-that is one of Scope's composite controls (`resolution`, `denoising_steps`, `noise`, `cache`,
-`vace`, `lora`, `quantization`) is rendered once for all the properties that name it; any other
-property gets a widget inferred from its JSON schema (a slider when it has a minimum and a
-maximum).
-
-Load parameters carry their hint on the pydantic field (`json_schema_extra=ui(...)`); runtime
-parameters get theirs here, depending on what the pipeline says it supports.
+"""A pipeline's `/pipelines/schemas` entry: Scope's `config_schema` with `ui` hints on its
+properties, and the metadata keys, built from the pipeline class (`pipeline.hints` holds the
+hint helper itself).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .base import Pipeline
+from .hints import SLIDER_MAX_SPAN, ui
 from .params import ParameterUpdate
-
-if TYPE_CHECKING:
-    from .base import Pipeline
-
-SLIDER_MAX_SPAN = 1e6
-"""Wider numeric ranges (a 63-bit seed) are shown as a number box, not a slider."""
-
-
-def ui(order: int, label: str, *, component: str | None = None, load: bool = True,
-       modes: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """`json_schema_extra` for a field Scope's Settings panel should show."""
-    hint: dict[str, Any] = {"category": "configuration", "order": order, "label": label,
-                            "is_load_param": load}
-    if component is not None:
-        hint["component"] = component
-    if modes is not None:
-        hint["modes"] = list(modes)
-    return {"ui": hint}
 
 
 def _runtime_hints(cls: type[Pipeline]) -> dict[str, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The block-causal Wan transformer (pipeline/wan) against diffusers' own full-sequence forward.
+"""The block-causal Wan transformer (pipeline/models/wan) against diffusers' full-sequence forward.
 
 Tiny random-weight `WanTransformer3DModel` / `WanVACETransformer3DModel` (2 layers, 2 heads of 12
 channels, 2×2-patch latents of 4×4) go through save_pretrained → from_pretrained. The reference is
@@ -18,8 +18,8 @@ import torch
 from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from pipeline.wan import CausalWanTransformer, FrameWindow, attention_mask
-from pipeline.wan.rope import chunk_rotary
+from pipeline.models.wan import CausalWanTransformer, FrameWindow, attention_mask
+from pipeline.models.wan.rope import chunk_rotary
 
 CHANNELS, TEXT_DIM, HEIGHT, WIDTH = 4, 16, 4, 4
 TOKENS_PER_FRAME = (HEIGHT // 2) * (WIDTH // 2)
