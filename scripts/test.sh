@@ -2,8 +2,16 @@
 # Installs what the tests need (a venv with requirements-dev.txt, Debian's chromium) and runs
 # every check: ruff, the import-linter contracts, and the whole pytest suite.
 # Usage: bash scripts/test.sh [extra pytest args]
+#        bash scripts/test.sh --repeat N [pytest args]   run the tests N times in a row, stopping
+#                                                        at the first failing run (flake hunting)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+REPEAT=1
+if [ "${1:-}" = "--repeat" ]; then
+    REPEAT=${2:?--repeat needs a count}
+    shift 2
+fi
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
@@ -26,13 +34,18 @@ echo "== ruff"
 .venv/bin/ruff check .
 echo "== import-linter"
 .venv/bin/lint-imports
-echo "== pytest"
-set +e
-.venv/bin/python -m pytest "$@"
-status=$?
-set -e
-if [ "$status" -eq 5 ]; then
-    echo "pytest collected no tests: that is a failure" >&2
-    exit 1
-fi
-exit "$status"
+for run in $(seq 1 "$REPEAT"); do
+    [ "$REPEAT" -eq 1 ] && echo "== pytest" || echo "== pytest, run $run of $REPEAT"
+    set +e
+    .venv/bin/python -m pytest "$@"
+    status=$?
+    set -e
+    if [ "$status" -eq 5 ]; then
+        echo "pytest collected no tests: that is a failure" >&2
+        exit 1
+    fi
+    if [ "$status" -ne 0 ]; then
+        [ "$REPEAT" -eq 1 ] || echo "run $run of $REPEAT failed" >&2
+        exit "$status"
+    fi
+done

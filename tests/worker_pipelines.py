@@ -66,3 +66,63 @@ class DevicePipeline(Pipeline):
             image[0, 0] = (len(batch), len(self.batches) % 256, os.getpid() % 256)
             out.append(image)
         return out
+
+
+class FlakyParams(LoadParams):
+    fail_rate: float = 0.2
+    """Chance that a call fails."""
+    kinds: tuple[str, ...] = ("raise", "count", "dtype", "new_state")
+    """How calls fail: `process` raises, returns a wrong count, or a malformed output; a
+    session's `new_state` raises (at a fifth of `fail_rate`)."""
+    seed: int = 0
+    batch: int = 3
+    """`max_batch_size`: a round of more sessions is split into several calls."""
+
+
+@register
+class FlakyPipeline(Pipeline):
+    """Fails at random, in every way a call can fail, and records which sessions were in it.
+
+    Each session feeds frames of its own value (pixel (0, 0)). A failure is recorded in
+    `failures` as (kind, wall time, the call's values) in the process it ran in; a `raise`
+    failure's message carries the same, `injected raise at <time> in [v1, ...]`, so a test can
+    check it across a Ray hop too."""
+
+    id = "test-flaky"
+    name = description = "test: random call failures"
+    modes: ClassVar[tuple[Mode, ...]] = ("video",)
+    Params = FlakyParams
+    params: FlakyParams
+    failures: ClassVar[list[tuple[str, float, list[int]]]] = []
+
+    def __init__(self, params: LoadParams) -> None:
+        super().__init__(params)
+        self.max_batch_size = self.params.batch
+        self._rng = np.random.default_rng(self.params.seed)
+
+    def _failing(self, kinds: tuple[str, ...], rate: float) -> str | None:
+        kinds = tuple(k for k in kinds if k in self.params.kinds)
+        if not kinds or self._rng.random() >= rate:
+            return None
+        return kinds[int(self._rng.integers(len(kinds)))]
+
+    def new_state(self) -> dict[str, int]:
+        if self._failing(("new_state",), self.params.fail_rate / 5):
+            self.failures.append(("new_state", time.time(), []))
+            raise RuntimeError("injected new_state")
+        return {"calls": 0}
+
+    def process(self, batch: Sequence[FrameRequest]) -> list[np.ndarray]:
+        values = sorted(int(r.frame[0, 0, 0]) for r in batch if r.frame is not None)
+        kind = self._failing(("raise", "count", "dtype"), self.params.fail_rate)
+        if kind is not None:
+            now = time.time()
+            self.failures.append((kind, now, values))
+            if kind == "raise":
+                raise RuntimeError(f"injected raise at {now:.6f} in {values}")
+            if kind == "count":
+                return [np.zeros((8, 8, 3), np.uint8) for _ in range(len(batch) + 1)]
+            return [np.zeros((8, 8, 3), np.float32) for _ in batch]
+        for request in batch:
+            request.state["calls"] += 1
+        return [np.array(r.frame, copy=True) for r in batch]

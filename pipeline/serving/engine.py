@@ -14,7 +14,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -120,8 +120,9 @@ class LocalEngine:
 
     def run(self, jobs: Sequence[Job]) -> list[JobResult]:
         """One output per job, in order. Jobs with equal `batch_key` share `process` calls (up
-        to `max_batch_size`); a failing call fails only its own jobs. Raises PipelineError when
-        nothing is loaded; BaseExceptions that are not Exceptions propagate."""
+        to `max_batch_size`); a failing call fails only its own jobs, and a job whose
+        `new_state` or `batch_key` raises fails alone. Raises PipelineError when nothing is
+        loaded; BaseExceptions that are not Exceptions propagate."""
         started = time.perf_counter()
         with self._lock:
             pipeline = self.pipeline
@@ -130,8 +131,11 @@ class LocalEngine:
             results: list[JobResult | None] = [None] * len(jobs)
             groups: dict[Hashable, list[tuple[int, FrameRequest]]] = defaultdict(list)
             for position, job in enumerate(jobs):
-                request = self._request(pipeline, job)
-                groups[pipeline.batch_key(request)].append((position, request))
+                try:
+                    request = self._request(pipeline, job)
+                    groups[pipeline.batch_key(request)].append((position, request))
+                except Exception as exc:  # noqa: BLE001 - logged by _failed; fails this job only
+                    results[position] = _failed(pipeline, 1, exc, started)
             for group in groups.values():
                 for start in range(0, len(group), pipeline.max_batch_size):
                     part = group[start:start + pipeline.max_batch_size]
@@ -157,15 +161,21 @@ class LocalEngine:
             if len(outputs) != len(part):
                 raise PipelineError(f"returned {len(outputs)} outputs for {len(part)} requests")
             chunks = [as_chunk(output) for output in outputs]
-        except Exception as exc:
-            log.exception("pipeline %s failed on a batch of %d", pipeline.id, len(part))
-            detail = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
-            elapsed = time.perf_counter() - started
-            return [JobResult(None, f"Pipeline error: {detail}", 1, elapsed) for _ in part]
+            next_frames = [max(1, int(pipeline.frames_per_call(request.state)))
+                           for _, request in part]
+        except Exception as exc:  # noqa: BLE001 - logged by _failed; fails this call only
+            failed = _failed(pipeline, len(part), exc, started)
+            return [replace(failed) for _ in part]
         elapsed = time.perf_counter() - started
-        return [JobResult(chunk, None, max(1, int(pipeline.frames_per_call(request.state))),
-                          elapsed)
-                for (_, request), chunk in zip(part, chunks, strict=True)]
+        return [JobResult(chunk, None, frames, elapsed)
+                for chunk, frames in zip(chunks, next_frames, strict=True)]
+
+
+def _failed(pipeline: Pipeline, batch: int, exc: Exception, started: float) -> JobResult:
+    """The result of each job in a failed call (the worker stops their sessions)."""
+    log.error("pipeline %s failed on a batch of %d", pipeline.id, batch, exc_info=exc)
+    detail = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+    return JobResult(None, f"Pipeline error: {detail}", 1, time.perf_counter() - started)
 
 
 def as_chunk(output: object) -> np.ndarray:

@@ -9,6 +9,14 @@ Scope's shape, plus each worker.
 Threads: the event loop only calls the cheap, lock-guarded entry points (`load`, `status`,
 `open_stream`, `Stream.push/update/close`); each worker has a loader thread and a worker thread
 (pipeline/serving/worker.py).
+
+Guarantee when a pipeline call fails: when a call raises (in `process`, `new_state`,
+`batch_key`, or by returning a wrong count or a malformed output; in this process or in a Ray
+actor), every session in that call gets `StreamSink.on_stopped` with the reason, exactly once,
+from the worker thread before its next round (so within one second: nothing waits in between),
+and no frame is handed to its sink after that. Sessions of the same round in other calls carry
+on. A session ended by any other cause (unload, a failed load, a lost Ray worker) is told once
+too.
 """
 
 from __future__ import annotations

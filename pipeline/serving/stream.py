@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -61,6 +62,9 @@ class Stream:
         self.opened = time.monotonic()
         self.held = held  # no work until release(): the session's peer has not connected
         self.closed = False
+        self.stopped: str | None = None
+        """Why the worker stopped this stream (set once, by `stop`); nothing is delivered after."""
+        self._delivery = threading.Lock()  # makes "deliver" and "stop" exclusive
         # Below: touched by the worker thread only.
         self.generation = -1  # the worker's load it last ran on (its state is per load)
         self.next_frames = 1  # what its next video call consumes, as the engine said
@@ -113,6 +117,25 @@ class Stream:
         self.worker.detach(self)
 
     # --- used by the worker -------------------------------------------------------------------
+
+    def deliver(self, frames: Sequence[OutputFrame]) -> bool:
+        """Hand output to the sink, unless the stream was stopped or closed. Atomic with `stop`:
+        a frame is either handed over before the stop notice or not at all."""
+        with self._delivery:
+            if self.stopped is not None or self.closed:
+                return False
+            self.sink.on_frames(frames)
+            return True
+
+    def stop(self, message: str) -> bool:
+        """Tell the sink why this stream ended: once (a later call does nothing and returns
+        False), and after every frame already handed over."""
+        with self._delivery:
+            if self.stopped is not None:
+                return False
+            self.stopped = message
+        self.sink.on_stopped(message)
+        return True
 
     def mode_hint(self) -> Mode:
         return self.params.input_mode or ("video" if self.offers_video else "text")

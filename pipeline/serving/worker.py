@@ -152,7 +152,7 @@ class Worker:
             self._generation += 1
             streams = self._take_streams()
         for stream in streams:
-            stream.sink.on_stopped("The pipeline was unloaded.")
+            stream.stop("The pipeline was unloaded.")
         try:
             self.engine.close()  # after the round in flight
         except WorkerLost as exc:
@@ -191,7 +191,7 @@ class Worker:
                 self._lost = isinstance(exc, WorkerLost)
                 streams = self._take_streams()
             for stream in streams:
-                stream.sink.on_stopped(f"Pipeline {cls.id!r} failed to load: {message}")
+                stream.stop(f"Pipeline {cls.id!r} failed to load: {message}")
             return
         with self._cond:
             if self._stopping or self._cls is not cls or self._params is not params:
@@ -205,7 +205,7 @@ class Worker:
                 self._streams.remove(stream)
             self._cond.notify_all()
         for stream in stranded:
-            stream.sink.on_stopped(f"Pipeline {cls.id!r} has no text mode; this session sends "
+            stream.stop(f"Pipeline {cls.id!r} has no text mode; this session sends "
                                    "no video. Reconnect with a video input.")
         self._tell(LoadDone(cls.id, time.perf_counter() - started, ok=True))
         log.info("worker %d (%s): pipeline %s loaded", self.index, self.label, cls.id)
@@ -434,8 +434,7 @@ class Worker:
         with self._cond:  # status() reads the meter from the event loop
             for _ in frames:
                 self._rate.tick(now)
-        if not stream.closed:
-            stream.sink.on_frames(frames)
+        stream.deliver(frames)
 
     def _repeat_last(self, item: _Work) -> None:
         """Paused: the output repeats the last frame, at the input's pace."""
@@ -443,14 +442,16 @@ class Worker:
         count = 1 if item.sources is None else len(item.sources)
         if item.sources is None:
             stream.next_due = max(stream.next_due + count / self.text_fps, item.collected)
-        if stream.last_output is not None and not stream.closed:
-            stream.sink.on_frames(stream.stamp([stream.last_output.image] * count, item.sources,
-                                               time.monotonic()))
+        if stream.last_output is not None:
+            stream.deliver(stream.stamp([stream.last_output.image] * count, item.sources,
+                                        time.monotonic()))
 
     def _fail(self, streams: list[Stream], message: str) -> None:
+        """Stop the streams of a failed call, on this thread, before the next round: each is
+        detached (no later round takes it) and told once (`Stream.stop`: nothing after)."""
         for stream in streams:
             self.detach(stream)
-            stream.sink.on_stopped(message)
+            stream.stop(message)
 
     # --- remote workers: death and recovery ---------------------------------------------------
 
@@ -486,7 +487,7 @@ class Worker:
                 self._generation += 1
                 streams = self._take_streams()
             for stream in streams:
-                stream.sink.on_stopped("The pipeline was unloaded (by another front).")
+                stream.stop("The pipeline was unloaded (by another front).")
             return
         pipeline_id, raw, first_frames = found
         cls = registry.get(pipeline_id)
@@ -511,7 +512,7 @@ class Worker:
                 self._reloads = 0
             self._next_check = time.monotonic() + HEALTH_CHECK_S
         for stream in streams:
-            stream.sink.on_stopped(f"{message} Reconnect to continue on another worker.")
+            stream.stop(f"{message} Reconnect to continue on another worker.")
 
 
 def _latencies(frames: list[OutputFrame], now: float, video: bool) -> list[float | None]:

@@ -6,6 +6,7 @@ actors uniquely so that no state carries over between tests."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 import uuid
@@ -27,8 +28,9 @@ from pipeline.serving.ray_backend import front as ray_front
 from pipeline.serving.ray_backend.shared_frames import SharedBlock
 from signaling.client import LiveV2VClient, NumberedFrames, read_number
 from tests.conftest import serve_in_thread
+from tests.pipeline.serving.test_failures import EventSink, check_guarantee
 from tests.pipelines import RecordingSink
-from tests.worker_pipelines import DevicePipeline  # noqa: F401 - registers test-device
+from tests.worker_pipelines import DevicePipeline  # noqa: F401 - registers test-device, test-flaky
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +144,53 @@ def test_an_idle_worker_that_restarts_reloads_and_serves_again(
     feed = feeder(streams)
     wait_for(lambda: all(s.frames for s in sinks), "frames from both workers", feed)
     assert not any(s.stopped for s in sinks)
+
+
+def test_a_call_that_raises_in_an_actor_stops_exactly_its_sessions(
+        ray_service: PipelineService) -> None:
+    """The failure guarantee through the Ray hop: `test-flaky` raises inside the actors and says
+    which sessions (frame values) were in the call; each of those, and only those, is stopped
+    once with that message, soon after, and gets no frame after it. Others carry on."""
+    status = ray_service.load_blocking("test-flaky", {"fail_rate": 0.2, "kinds": ["raise"],
+                                                      "batch": 2}, timeout=120)
+    assert status.status == "loaded", status
+    live: dict[int, Stream] = {}
+    sinks: dict[int, EventSink] = {}
+
+    def open_session() -> None:
+        value = len(sinks) + 1
+        sinks[value] = EventSink()
+        live[value] = ray_service.open_stream(sinks[value], offers_video=True)
+
+    for _ in range(6):
+        open_session()
+    messages: set[str] = set()
+    deadline = time.monotonic() + 120
+    pts = 0
+    while len(messages) < 10 and len(sinks) < 200:
+        assert time.monotonic() < deadline, "too few failures"
+        pts += 3000
+        for value, stream in list(live.items()):
+            if sinks[value].stops:
+                messages.add(sinks[value].stops[0][0])
+                del live[value]
+                open_session()
+            else:
+                stream.push(frame(value, pts, size=8))
+        time.sleep(0.005)  # the feed's pace
+    for stream in live.values():
+        stream.close()
+    ray_service.stop()  # joins the worker threads: nothing reaches a sink after this
+    messages = {m for sink in sinks.values() for m, _ in sink.stops}
+    failures = [_parse_injected(m) for m in messages]
+    check_guarantee(sinks, [("raise", at, values) for at, values in failures])
+
+
+def _parse_injected(message: str) -> tuple[float, list[int]]:
+    """`... injected raise at <time> in [v1, v2]` → (time, values)."""
+    match = re.search(r"injected raise at ([0-9.]+) in \[([0-9, ]*)\]", message)
+    assert match, message
+    return float(match.group(1)), [int(v) for v in match.group(2).split(",") if v.strip()]
 
 
 def test_two_fronts_share_the_workers_and_their_batches(cluster: None) -> None:

@@ -98,14 +98,17 @@ def test_batches_form_per_worker(two_cpus: PipelineService) -> None:
 
 
 def test_a_failing_worker_stops_only_its_own_sessions(two_cpus: PipelineService) -> None:
-    before = len(DevicePipeline.copies)
+    """The broken copy is found through its worker's engine: the copies are made by the two
+    workers' loader threads at once, so their order in `DevicePipeline.copies` is not the
+    workers' (taking it for theirs broke the other worker's sessions and waited forever)."""
     two_cpus.load_blocking("test-device", {"delay_s": 0})
-    copies = DevicePipeline.copies[before:]
     streams, sinks = open_streams(two_cpus, 4)
     feed = feeder(streams)
     wait_for(lambda: all(s.frames for s in sinks), "frames on every session", feed=feed)
     broken = streams[1].worker.index
-    next(c for c in copies if c is copies[broken]).fail = "CUDA error: device-side assert"
+    copy = two_cpus.workers[broken].engine.pipeline  # type: ignore[attr-defined]
+    assert isinstance(copy, DevicePipeline)
+    copy.fail = "CUDA error: device-side assert"
     doomed = [sink for stream, sink in zip(streams, sinks, strict=True)
               if stream.worker.index == broken]
     healthy = [sink for stream, sink in zip(streams, sinks, strict=True)
