@@ -86,8 +86,10 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
         if settings.pipeline:  # a no-op when adopted Ray workers have it loaded already
             service.load(settings.pipeline, load_params)
         log.info("ICE servers: %s", ice.source)
+        await ctx.osc.start()
         yield
         ctx.stopping.set()
+        await ctx.osc.stop()
         await sessions.close_all("Server shutting down")
         service.stop()
         await ice.aclose()
@@ -298,6 +300,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ray-gpus-per-worker", type=float, default=None,
                         help="GPUs each actor asks Ray for (default 1 if the cluster has GPUs, "
                              "else 0; 0.5 puts two workers on a GPU)")
+    parser.add_argument("--osc-port", type=_osc_port, default=None, metavar="PORT|off",
+                        help="UDP port for OSC control (TouchDesigner, python-osc; "
+                             "docs/osc.md). Default: the --port number on loopback binds, off "
+                             "on others (OSC has no authentication); 0 or 'off' turns it off")
+    parser.add_argument("--osc-host", default=None,
+                        help="address OSC listens on (default: --host)")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
 
@@ -307,6 +315,18 @@ def _device_list(text: str) -> list[str]:
     if not devices:
         raise argparse.ArgumentTypeError("give at least one device, e.g. cuda:0,cuda:1")
     return devices
+
+
+def _osc_port(text: str) -> int:
+    if text.strip().lower() in ("off", "0"):
+        return 0
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a UDP port number, or 'off'") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError("a UDP port number (1-65535), or 'off'")
+    return port
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -330,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         front_id=args.front_id,
         devices=args.devices, backend=args.backend, ray_address=args.ray_address,
         ray_workers=args.ray_workers, ray_gpus_per_worker=args.ray_gpus_per_worker,
+        osc_port=args.osc_port, osc_host=args.osc_host,
     )
     app = create_app(settings, args.load_params)
     shown = "localhost" if is_loopback_host(args.host) else args.host

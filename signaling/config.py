@@ -45,6 +45,10 @@ class ServerSettings(BaseModel):
     ray_address: str | None = None
     ray_workers: int | None = Field(default=None, ge=1)
     ray_gpus_per_worker: float | None = Field(default=None, ge=0)
+    osc_port: int | None = Field(default=None, ge=0, le=65535)
+    """UDP port of OSC control; None: the HTTP port on loopback binds, off on others; 0: off."""
+    osc_host: str | None = None
+    """Address OSC binds to; None: `host`."""
     assets_dir: Path | None = None
     """Uploaded reference images; default: `data_dir`/assets."""
     asset_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)

@@ -50,6 +50,11 @@ class ServerMetrics:
                                       registry=r)
         self.load_failures = Counter(f"{PREFIX}_pipeline_load_failures",
                                      "Pipeline loads that failed", ["pipeline"], registry=r)
+        self.osc_messages = Counter(
+            f"{PREFIX}_osc_messages", "OSC messages received, by outcome: applied, no_session "
+            "(valid, no live session), unknown_session, unknown_address, bad_value, refused "
+            "(every session refused it, e.g. an input_mode its pipeline lacks), malformed "
+            "(a datagram that is not OSC)", ["outcome"], registry=r)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes
         r.register(_StateCollector(sessions, service))
         service.add_listener(self.observe)

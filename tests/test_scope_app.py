@@ -401,6 +401,12 @@ def check_disabled(body: Any) -> None:
     assert body["enabled"] is False and body["listening"] is False
 
 
+def check_osc_listening(body: Any) -> None:
+    """A loopback server listens for OSC on UDP at its HTTP port number, as Scope does."""
+    assert body["enabled"] is True and body["listening"] is True
+    assert body["host"] == "127.0.0.1" and isinstance(body["port"], int)
+
+
 def equals(expected: Any) -> Any:
     def check(body: Any) -> None:
         assert body == expected
@@ -425,7 +431,7 @@ PAGE_LOAD = {
     "GET /api/v1/tempo/status": check_tempo,
     "GET /api/v1/tempo/sources": equals({"sources": {}}),
     "GET /api/v1/dmx/status": check_disabled,
-    "GET /api/v1/osc/status": check_disabled,
+    "GET /api/v1/osc/status": check_osc_listening,
     "POST /api/v1/osc/inventory": equals({"count": 1}),
 }
 BODIES = {

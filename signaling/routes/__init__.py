@@ -18,6 +18,7 @@ from . import (
     models,
     not_here,
     onboarding,
+    osc,
     pipeline,
     recordings,
     session,
@@ -40,6 +41,7 @@ API_MODULES = [  # one per line: several people add modules here
     workflow,
     hardware,
     logs,
+    osc,
     not_here,
 ]
 

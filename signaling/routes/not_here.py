@@ -1,6 +1,7 @@
 """Scope features this server does not have, answered in Scope's shapes so that Scope's app
 loads without errors: no server-side input sources, LoRAs, plugins, plugin nodes, cloud relay,
-tempo sync, DMX or OSC. Each answer says "nothing here" (empty, disabled, disconnected)."""
+tempo sync, DMX, Scope's OSC graph inventory and its OSC event stream. Each answer says "nothing
+here" (empty, disabled, disconnected). OSC control itself is in `osc.py`."""
 
 from __future__ import annotations
 
@@ -72,14 +73,6 @@ class DmxStatusResponse(BaseModel):
     mapping_count: int = 0
 
 
-class OscStatusResponse(BaseModel):
-    enabled: bool = False
-    listening: bool = False
-    port: int | None = None
-    host: str | None = None
-    log_all_messages: bool = False
-
-
 class OscPath(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -132,20 +125,19 @@ def router(ctx: ApiContext) -> APIRouter:
     async def dmx_status() -> DmxStatusResponse:
         return DmxStatusResponse()
 
-    @api.get("/osc/status", response_model=OscStatusResponse)
-    async def osc_status() -> OscStatusResponse:
-        return OscStatusResponse()
-
     @api.post("/osc/inventory", response_model=OscInventoryResponse, responses={422: {}})
     async def osc_inventory(body: OscInventoryRequest) -> OscInventoryResponse:
-        """Accepted and dropped: nothing listens for OSC here."""
+        """Accepted and dropped: LiveV2V has no graph nodes with OSC addresses of their own
+        (its addresses: `GET /osc/paths`)."""
         return OscInventoryResponse(count=len(body.paths))
 
     @api.get("/osc/stream", response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}}})
     async def osc_stream() -> StreamingResponse:
-        """A Server-Sent Events stream that stays open and quiet (keepalive comments only):
-        no OSC commands ever arrive here. It ends when the client leaves or the server stops."""
+        """A Server-Sent Events stream that stays open and quiet (keepalive comments only).
+        Scope's app re-sends what arrives here over its data channel; LiveV2V applies OSC
+        messages itself and tells the app with `parameters_updated` on that channel instead,
+        so nothing is sent here. It ends when the client leaves or the server stops."""
         return StreamingResponse(_quiet_events(ctx), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -153,7 +145,7 @@ def router(ctx: ApiContext) -> APIRouter:
 
 
 async def _quiet_events(ctx: ApiContext) -> AsyncIterator[str]:
-    yield ": LiveV2V has no OSC input; this stream stays quiet\n\n"
+    yield ": OSC changes reach the sessions' data channels (parameters_updated), not here\n\n"
     last = time.monotonic()
     while not ctx.stopping.is_set():  # a client that leaves cancels this generator
         await asyncio.sleep(POLL_S)
