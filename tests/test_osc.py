@@ -1,0 +1,297 @@
+"""OSC control end to end: python-osc's own UDP client (the library TouchDesigner scripts and
+Scope's examples use) sends to the app over loopback; real aiortc sessions show the effect."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+from pythonosc.osc_message_builder import build_msg
+from pythonosc.udp_client import SimpleUDPClient
+
+from app import parse_args
+from signaling.client import LiveV2VClient, NumberedFrames
+from signaling.osc import osc_bind
+from tests.conftest import Server, serve_in_thread
+
+LIGHT = (220, 220, 220)  # the effect maps brightness to the palette: bright shows it best
+BLUE = {"prompts": [{"text": "blue", "weight": 1.0}], "noise_scale": 0.0,
+        "denoising_step_list": [999]}
+FRAMES = 100  # bound on frames to wait for a colour (5 s at 20 fps)
+
+
+def mean_rgb(frame: Any) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+
+
+def is_red(c: np.ndarray) -> bool:
+    return c[0] > c[2] + 60
+
+
+def is_blue(c: np.ndarray) -> bool:
+    return c[2] > c[0] + 60
+
+
+async def colour_until(client: LiveV2VClient, predicate: Callable[[np.ndarray], bool],
+                       limit: int = FRAMES) -> np.ndarray:
+    for _ in range(limit):
+        colour = mean_rgb(await client.recv())
+        if predicate(colour):
+            return colour
+    raise AssertionError(f"no frame matched in {limit} frames (last {colour.round()})")
+
+
+async def osc_target(url: str) -> tuple[str, int]:
+    """Where the server listens for OSC, as it says itself."""
+    async with httpx.AsyncClient(base_url=url) as http:
+        status = (await http.get("/api/v1/osc/status")).json()
+    assert status["listening"], status
+    return status["host"], status["port"]
+
+
+async def osc_client(url: str) -> SimpleUDPClient:
+    return SimpleUDPClient(*await osc_target(url))
+
+
+async def osc_counts(url: str) -> dict[str, float]:
+    async with httpx.AsyncClient(base_url=url) as http:
+        text = (await http.get("/metrics")).text
+    return {s.labels["outcome"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "livev2v_osc_messages_total"}
+
+
+async def counts_when(url: str, check: Callable[[dict[str, float]], bool],
+                      timeout_s: float = 20.0) -> dict[str, float]:
+    """The OSC counters once `check` holds (UDP is handled when the loop gets to it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = await osc_counts(url)
+        if check(counts):
+            return counts
+        assert time.monotonic() < deadline, counts
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def effect_osc() -> Iterator[Server]:
+    with serve_in_thread(pipeline="cpu-effect") as server:
+        yield server
+
+
+async def test_scope_prompt_turns_the_output_red(effect_osc: Server) -> None:
+    osc = await osc_client(effect_osc.url)
+    async with LiveV2VClient(effect_osc.url) as client:
+        await client.connect(NumberedFrames(size=128, fps=20, tint=LIGHT), BLUE)
+        await colour_until(client, is_blue)
+        sent = time.monotonic()
+        osc.send_message("/scope/prompt", "red")
+        red = await colour_until(client, is_red)
+        print(f"/scope/prompt red → red output after {time.monotonic() - sent:.3f} s "
+              f"(colour {red.round()})")
+        # Seen by the session's client as a change from elsewhere (Scope's app moves its
+        # prompt box), and by the HTTP API.
+        update = await client.message("parameters_updated")
+        assert update["parameters"] == {"prompts": [{"text": "red", "weight": 1.0}]}
+        async with httpx.AsyncClient(base_url=effect_osc.url) as http:
+            current = (await http.get("/api/v1/session/parameters",
+                                      params={"session_id": client.session_id})).json()
+        assert current["parameters"]["prompts"] == [{"text": "red", "weight": 1.0}]
+        assert current["parameters"]["noise_scale"] == 0.0  # the rest stays
+    counts = await osc_counts(effect_osc.url)
+    assert counts["applied"] == 1 and counts["bad_value"] == 0
+
+
+async def test_bad_values_unknown_addresses_and_garbage_are_survived_and_counted(
+        effect_osc: Server) -> None:
+    osc = await osc_client(effect_osc.url)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    async with LiveV2VClient(effect_osc.url) as client:
+        await client.connect(NumberedFrames(size=128, fps=20, tint=LIGHT), BLUE)
+        await colour_until(client, is_blue)
+        bad = [("/scope/noise_scale", 5.0), ("/scope/noise_scale", float("nan")),
+               ("/scope/prompt", 3), ("/scope/paused", "yes"),
+               ("/scope/denoising_step_list", [500, 700]), ("/scope/transition_steps", 2.5),
+               ("/scope/input_mode", "audio")]
+        for address, value in bad:
+            osc.send_message(address, value)
+        for address in ("/scope/no_such_param", "/other/prompt", "/scope/", "/livev2v//prompt",
+                        "/livev2v/nope/prompt"):
+            osc.send_message(address, "red")
+        garbage = [b"", b"\x00" * 7, b"not osc at all", b"#bundle\x00" + b"\x01" * 30,
+                   b"/scope/prompt\x00\x00\x00,s\x00\x00", b"/scope/prompt\x00\x00\x00,c\x00\x00",
+                   bytes(range(256)) * 200]
+        for datagram in garbage:
+            raw.sendto(datagram, await osc_target(effect_osc.url))
+        counts = await counts_when(effect_osc.url, lambda c: c["malformed"] >= 5
+                                   and c["bad_value"] == len(bad) and c["unknown_address"] == 4
+                                   and c["unknown_session"] == 1)
+        assert counts["applied"] == 0
+        # Nothing changed, the session streams on, and the listener still works.
+        for _ in range(5):
+            assert is_blue(mean_rgb(await client.recv()))
+        osc.send_message("/scope/prompt", "red")
+        await colour_until(client, is_red)
+    raw.close()
+    print(f"OSC outcomes: {counts}")
+
+
+async def test_a_session_address_reaches_that_session_only(effect_osc: Server) -> None:
+    osc = await osc_client(effect_osc.url)
+    async with LiveV2VClient(effect_osc.url) as a, LiveV2VClient(effect_osc.url) as b:
+        await a.connect(NumberedFrames(size=128, fps=15, tint=LIGHT), BLUE)
+        await b.connect(NumberedFrames(size=128, fps=15, tint=LIGHT), BLUE)
+        await colour_until(a, is_blue)
+        await colour_until(b, is_blue)
+        osc.send_message(f"/livev2v/{b.session_id}/prompt", "red")
+        await colour_until(b, is_red)
+        for _ in range(10):
+            assert is_blue(mean_rgb(await a.recv()))
+        assert (await b.message("parameters_updated"))["parameters"]["prompts"][0]["text"] == "red"
+        # A bare address reaches both.
+        osc.send_message("/scope/prompt", "red")
+        await colour_until(a, is_red)
+        assert is_red(mean_rgb(await b.recv()))
+
+
+async def test_transition_steps_make_the_next_prompt_a_transition(effect_osc: Server) -> None:
+    osc = await osc_client(effect_osc.url)
+    async with LiveV2VClient(effect_osc.url) as client:
+        await client.connect(NumberedFrames(size=64, fps=20, tint=LIGHT), BLUE)
+        await client.wait_open()
+        await client.applied()  # the initial parameters
+        osc.send_message("/scope/transition_steps", 1000.0)  # a float, as TouchDesigner sends
+        osc.send_message("/scope/temporal_interpolation_method", "slerp")
+        osc.send_message("/scope/prompt", "red")
+        transition = (await client.applied())["transition"]
+        assert transition["num_steps"] == 1000
+        assert transition["temporal_interpolation_method"] == "slerp"
+        assert transition["target_prompts"] == [{"text": "red", "weight": 1.0}]
+        # Back to 0: the next prompt applies at once and replaces the running transition.
+        osc.send_message("/scope/transition_steps", 0)
+        osc.send_message("/scope/prompt", "red")
+        applied = await client.applied()
+        assert "transition" not in applied
+        assert applied["prompts"] == [{"text": "red", "weight": 1.0}]
+        await colour_until(client, is_red)
+
+
+async def test_touchdesigner_style_values_and_bundles(effect_osc: Server) -> None:
+    """OSC Out CHOP sends float32 for every channel: a toggle as 0.0/1.0, steps as floats."""
+    osc = await osc_client(effect_osc.url)
+    async with LiveV2VClient(effect_osc.url) as client:
+        await client.connect(NumberedFrames(size=64, fps=20, tint=LIGHT), BLUE)
+        await client.wait_open()
+        await client.applied()
+        bundle = OscBundleBuilder(IMMEDIATELY)
+        bundle.add_content(build_msg("/scope/noise_scale", 0.25))
+        bundle.add_content(build_msg("/scope/paused", 1.0))
+        bundle.add_content(build_msg("/scope/denoising_step_list", [800.0, 400.0]))
+        osc.send(bundle.build())
+        want = {"noise_scale": 0.25, "paused": True, "denoising_step_list": [800, 400]}
+        deadline = time.monotonic() + 20
+        while True:
+            applied = await client.applied()
+            if all(applied.get(k) == v for k, v in want.items()):
+                break
+            assert time.monotonic() < deadline, applied
+        osc.send_message("/scope/paused", 0.0)
+        assert (await client.applied())["paused"] is False
+
+
+async def test_every_documented_example_is_a_valid_value() -> None:
+    """`/osc/paths` lists every address with type, range, default and example; each example,
+    sent as it is listed, passes validation (no live session: counted as no_session)."""
+    with serve_in_thread(pipeline="cpu-effect") as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            paths = (await http.get("/api/v1/osc/paths")).json()
+            page = await http.get("/api/v1/osc/docs")
+        assert page.headers["content-type"].startswith("text/html")
+        assert paths["active_pipeline_ids"] == ["cpu-effect"]
+        assert paths["listening"] and paths["port"] == int(server.url.rsplit(":", 1)[1])
+        assert paths["session_address"] == "/livev2v/{session_id}/{key}"
+        entries = [e for group in paths["active"].values() for e in group]
+        keys = {e["key"] for e in entries}
+        assert {"prompt", "noise_scale", "paused", "reset_cache", "manage_cache",
+                "transition_steps", "interpolation_method", "denoising_step_list"} <= keys
+        for entry in entries:
+            assert entry["osc_address"] == f"/scope/{entry['key']}"
+            assert entry["type"] in ("string", "float", "integer", "bool", "integer_list")
+            assert entry["example"] is not None
+            assert f"<code>{entry['osc_address']}</code>" in page.text
+        by_key = {e["key"]: e for e in entries}
+        assert by_key["noise_scale"]["min"] == 0 and by_key["noise_scale"]["max"] == 1
+        assert by_key["noise_scale"]["default"] == 0.2  # cpu-effect's own default
+        assert by_key["input_mode"]["enum"] == ["video", "text"]
+        assert by_key["prompt"]["default"] == "a neon city at night"
+        osc = SimpleUDPClient("127.0.0.1", paths["port"])
+        for entry in entries:
+            osc.send_message(entry["osc_address"], entry["example"])
+        settings = sum(e["key"] in ("transition_steps", "temporal_interpolation_method")
+                       for e in entries)
+        counts = await counts_when(server.url, lambda c: sum(c.values()) >= len(entries))
+        assert counts["bad_value"] == 0
+        assert counts["no_session"] == len(entries) - settings, counts
+
+
+async def test_osc_routes_are_behind_the_api_key() -> None:
+    with serve_in_thread(pipeline=None, api_key="sesame") as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            for path in ("/api/v1/osc/docs", "/api/v1/osc/paths", "/api/v1/osc/status"):
+                assert (await http.get(path)).status_code == 401
+                r = await http.get(path, headers={"Authorization": "Bearer sesame"})
+                assert r.status_code == 200
+            # Nothing loaded: Scope's runtime addresses, every pipeline's under `available`.
+            paths = (await http.get("/api/v1/osc/paths",
+                                    headers={"Authorization": "Bearer sesame"})).json()
+        assert paths["active_pipeline_ids"] == [] and "cpu-effect" in paths["available"]
+
+
+def test_when_osc_listens() -> None:
+    # Default: on for loopback binds, at the HTTP port number; off for public binds.
+    assert osc_bind("127.0.0.1", 8000, None, None) == ("127.0.0.1", 8000)
+    assert osc_bind("localhost", 8000, None, None) == ("localhost", 8000)
+    assert osc_bind("::1", 8000, None, None) == ("::1", 8000)
+    assert osc_bind("0.0.0.0", 8000, None, None) is None
+    assert osc_bind("192.168.1.5", 8000, None, None) is None
+    # 0 turns it off anywhere; a port turns it on anywhere; --osc-host moves it.
+    assert osc_bind("127.0.0.1", 8000, None, 0) is None
+    assert osc_bind("0.0.0.0", 8000, None, 9000) == ("0.0.0.0", 9000)
+    assert osc_bind("0.0.0.0", 8000, "127.0.0.1", 9000) == ("127.0.0.1", 9000)
+    assert osc_bind("127.0.0.1", 8000, "0.0.0.0", None) == ("0.0.0.0", 8000)
+
+
+@pytest.mark.parametrize(("argv", "port"), [
+    ([], None), (["--osc-port", "off"], 0), (["--osc-port", "OFF"], 0),
+    (["--osc-port", "0"], 0), (["--osc-port", "9000"], 9000),
+])
+def test_osc_port_option(argv: list[str], port: int | None) -> None:
+    assert parse_args(argv).osc_port == port
+
+
+@pytest.mark.parametrize("value", ["nope", "-1", "65536", ""])
+def test_osc_port_option_refuses_nonsense(value: str) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--osc-port", value])
+
+
+def test_osc_off_and_osc_port_taken() -> None:
+    with serve_in_thread(pipeline=None, osc_port=0) as server:
+        status = httpx.get(f"{server.url}/api/v1/osc/status").json()
+        assert status == {"enabled": False, "listening": False, "port": None, "host": None,
+                          "log_all_messages": False}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with serve_in_thread(pipeline=None, osc_port=port) as server:
+            # The server runs; OSC says it is not listening (the log says why).
+            status = httpx.get(f"{server.url}/api/v1/osc/status").json()
+            assert status["enabled"] is True and status["listening"] is False
+            assert httpx.get(f"{server.url}/health").status_code == 200
