@@ -176,6 +176,7 @@ class OscControl:
 
     def _handle(self, address: str, args: list[Any]) -> Outcome:
         target: str | None = None
+        address = "/" + address.lstrip("/")  # a TouchDesigner channel named "/scope/x" or "scope/x"
         if address.startswith(SCOPE_PREFIX):
             key = address[len(SCOPE_PREFIX):]
         elif address.startswith(SESSION_PREFIX):

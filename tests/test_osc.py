@@ -202,7 +202,8 @@ async def test_touchdesigner_style_values_and_bundles(effect_osc: Server) -> Non
             if all(applied.get(k) == v for k, v in want.items()):
                 break
             assert time.monotonic() < deadline, applied
-        osc.send_message("/scope/paused", 0.0)
+        # A TouchDesigner channel named "/scope/paused" is sent as "//scope/paused".
+        osc.send_message("//scope/paused", 0.0)
         assert (await client.applied())["paused"] is False
 
 
