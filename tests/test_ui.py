@@ -20,6 +20,7 @@ import av
 import httpx
 import numpy as np
 import pytest
+from pythonosc.udp_client import SimpleUDPClient
 
 from tests.conftest import OUTPUT, Server, serve_process
 
@@ -371,6 +372,23 @@ def test_text_only_mode(studio: Studio) -> None:
     eventually(lambda: (lambda c: c[0] > c[2] + 60)(studio.mean_rgb()))
     studio.set_prompt("blue")
     eventually(lambda: (lambda c: c[2] > c[0] + 60)(studio.mean_rgb()))
+    assert studio.errors == []
+
+
+def test_osc_moves_the_studio_controls_and_the_picture(studio: Studio, server: Server) -> None:
+    """`python app.py` on loopback listens for OSC at its HTTP port (as Scope); a TouchDesigner
+    style message reaches the studio's session as a change from elsewhere."""
+    studio.open()
+    studio.page.click('button[data-source="text"]')
+    studio.start()
+    studio.assert_frames_grow(OUT)
+    osc = SimpleUDPClient("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+    osc.send_message("/scope/noise_scale", 0)  # an int where a float is due: accepted
+    osc.send_message("/scope/prompt", "red")
+    studio.wait("() => document.querySelector('[data-role=\"prompt-text\"]').value === 'red'")
+    assert studio.page.locator('[data-role="noise"]').input_value() == "0"
+    eventually(lambda: (lambda c: c[0] > c[2] + 60)(studio.mean_rgb()), timeout_s=20)
+    studio.screenshot("ui-osc.png")
     assert studio.errors == []
 
 
