@@ -81,26 +81,28 @@ def _range(entry: OscAddress) -> str:
         return " | ".join(entry.enum)
     if entry.min is None and entry.max is None:
         return ""
-    low = "" if entry.min is None else f"{entry.min:g}"
-    high = "" if entry.max is None else f"{entry.max:g}"
-    return f"{low} … {high}"
+    return f"{_number(entry.min)} … {_number(entry.max)}"
 
 
-def _python(entry: OscAddress, port: int) -> str:
-    return (f'SimpleUDPClient("127.0.0.1", {port}).send_message("{entry.osc_address}", '
+def _number(value: int | float | None) -> str:
+    return "" if value is None else str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _python(entry: OscAddress, host: str, port: int) -> str:
+    return (f'SimpleUDPClient("{host}", {port}).send_message("{entry.osc_address}", '
             f"{entry.example!r})")
 
 
 def _value(value: Any) -> str:
-    return "" if value is None else json.dumps(value)
+    return "—" if value is None else f"<code>{html.escape(json.dumps(value))}</code>"
 
 
-def _table(title: str, entries: list[OscAddress], port: int) -> str:
+def _table(title: str, entries: list[OscAddress], host: str, port: int) -> str:
     rows = "".join(
         f"<tr><td><code>{html.escape(e.osc_address)}</code></td><td>{e.type}</td>"
-        f"<td>{html.escape(_range(e))}</td><td><code>{html.escape(_value(e.default))}</code></td>"
+        f"<td>{html.escape(_range(e))}</td><td>{_value(e.default)}</td>"
         f"<td>{html.escape(e.description)}</td>"
-        f"<td><code>{html.escape(_python(e, port))}</code></td></tr>" for e in entries)
+        f"<td><code>{html.escape(_python(e, host, port))}</code></td></tr>" for e in entries)
     return (f"<h3>{html.escape(title)}</h3><table><thead><tr><th>Address</th><th>Type</th>"
             "<th>Range</th><th>Default</th><th>Description</th><th>python-osc</th></tr>"
             f"</thead><tbody>{rows}</tbody></table>")
@@ -109,14 +111,16 @@ def _table(title: str, entries: list[OscAddress], port: int) -> str:
 def render(paths: OscPathsResponse) -> str:
     """A self-contained page (no scripts, no external assets)."""
     port = paths.port or 8000
+    host = paths.host if paths.host and paths.host not in ("0.0.0.0", "::") else "127.0.0.1"
     if paths.listening:
         where = (f"Listening on <code>udp://{html.escape(paths.host or '')}:{port}</code>.")
     else:
         where = ("OSC is <b>not listening</b> on this server (start it with "
                  "<code>--osc-port PORT</code>; it is on by default on loopback binds).")
     sessions = ", ".join(f"<code>{html.escape(s)}</code>" for s in paths.sessions) or "none"
-    active = "".join(_table(name, entries, port) for name, entries in paths.active.items())
-    available = "".join(_table(f"{name} (not loaded)", entries, port)
+    active = "".join(_table(name, entries, host, port)
+                     for name, entries in paths.active.items())
+    available = "".join(_table(f"{name} (not loaded)", entries, host, port)
                         for name, entries in paths.available.items())
     loaded = ", ".join(paths.active_pipeline_ids) or "none"
     return f"""<!DOCTYPE html>
