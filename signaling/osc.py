@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pythonosc
+from pydantic import ValidationError
 from pythonosc.osc_packet import OscPacket
 
-from pipeline import Pipeline, PipelineService, UnsupportedModeError
+from pipeline import ParameterUpdate, Pipeline, PipelineService, UnsupportedModeError
 
 from .ice import is_loopback_host
 from .osc_addresses import (
@@ -41,6 +42,7 @@ from .osc_addresses import (
     to_settings,
     to_update,
 )
+from .session import Session
 from .sessions import SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,11 @@ Outcome = Literal["applied", "no_session", "unknown_session", "unknown_address",
 OUTCOMES: tuple[Outcome, ...] = ("applied", "no_session", "unknown_session", "unknown_address",
                                  "bad_value", "refused", "malformed")
 MAX_DATAGRAM_BYTES = 64 * 1024
+COALESCE_S = 0.03
+"""Changes to one session closer together than this are merged: the first applies at once, the
+others together at the end of the window (the latest value of each key wins). That is faster
+than any pipeline's frame rate, so nothing visible is lost, and a controller that sends every
+channel on every frame costs each session at most ~33 notifications a second."""
 
 
 def osc_bind(host: str, port: int, osc_host: str | None,
@@ -104,6 +111,8 @@ class OscControl:
         self._per_session: dict[str, PromptSettings] = {}
         self._catalogue: tuple[type[Pipeline] | None, Catalogue] | None = None
         self._limiter = _LogLimiter()
+        self._windows: dict[str, asyncio.TimerHandle] = {}  # session id → end of its window
+        self._held: dict[str, dict[str, Any]] = {}  # session id → changes merged meanwhile
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -139,6 +148,10 @@ class OscControl:
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
+        for window in self._windows.values():
+            window.cancel()
+        self._windows.clear()
+        self._held.clear()
 
     # --- the address space --------------------------------------------------------------------
 
@@ -212,12 +225,39 @@ class OscControl:
         refused = 0
         for session, update in updates:
             try:
-                session.apply_from_elsewhere(update)
+                self._apply(session, update)
             except UnsupportedModeError as exc:
                 refused += 1
                 self._limiter.warning("refused", "OSC: %s refused by session %s: %s",
                                       address[:120], session.id, exc)
         return "refused" if refused == len(updates) else "applied"
+
+    def _apply(self, session: Session, update: ParameterUpdate) -> None:
+        """Now, or at the end of the session's window (see COALESCE_S). Raises
+        UnsupportedModeError."""
+        if session.id in self._windows:
+            self._held[session.id] = _merge(self._held.get(session.id, {}), update.given())
+            return
+        session.apply_from_elsewhere(update)
+        self._open_window(session.id)
+
+    def _open_window(self, session_id: str) -> None:
+        self._windows[session_id] = asyncio.get_running_loop().call_later(
+            COALESCE_S, self._release, session_id)
+
+    def _release(self, session_id: str) -> None:
+        del self._windows[session_id]
+        held = self._held.pop(session_id, None)
+        session = self.sessions.get(session_id)
+        if not held or session is None or session.closing:
+            return
+        try:
+            session.apply_from_elsewhere(ParameterUpdate.model_validate(held))
+        except (UnsupportedModeError, ValidationError) as exc:
+            self._limiter.warning("refused", "OSC: session %s refused %s: %s", session_id,
+                                  sorted(held), str(exc)[:120])
+            return
+        self._open_window(session_id)
 
     def _settings(self, session_id: str) -> PromptSettings:
         return self._per_session.get(session_id, self._all)
@@ -267,6 +307,19 @@ _FILTER = _ParserWarnings()
 def _parser_warnings() -> contextlib.AbstractContextManager[list[str]]:
     logging.getLogger().addFilter(_FILTER)  # once: a logger keeps one copy of a filter
     return _FILTER.catching()
+
+
+def _merge(held: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Two changes as one: the later value of each key, a new prompt list replacing a pending
+    transition (and the reverse), and a pending one-shot reset kept."""
+    merged = {**held, **new}
+    if "prompts" in new:
+        merged.pop("transition", None)
+    if "transition" in new:
+        merged.pop("prompts", None)
+    if held.get("reset_cache"):
+        merged["reset_cache"] = True
+    return merged
 
 
 def _shown(args: Sequence[Any]) -> str:

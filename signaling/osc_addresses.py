@@ -287,6 +287,8 @@ def convert(entry: OscAddress, args: Sequence[Any]) -> Any:
     if entry.type == "string":
         if not isinstance(value, str):
             raise OscValueError(f"expected a string, got {_osc_kind(value)}")
+        if entry.enum is not None and value not in entry.enum:  # input_mode: the pipeline's
+            raise OscValueError(f"{value[:40]!r} is not one of {', '.join(entry.enum)}")
         return value
     if entry.type == "bool":
         if isinstance(value, bool):
@@ -300,7 +302,9 @@ def convert(entry: OscAddress, args: Sequence[Any]) -> Any:
         raise OscValueError(f"expected a number, got {_osc_kind(value)}")
     if not math.isfinite(value):
         raise OscValueError(f"{value} is not a finite number")
-    return float(value)
+    # OSC floats are float32: 0.42 arrives as 0.41999998688697815. Seven significant digits
+    # give back the number that was sent (and what the controls then show).
+    return float(f"{value:.7g}")
 
 
 def _integer(value: Any) -> int:

@@ -207,6 +207,32 @@ async def test_touchdesigner_style_values_and_bundles(effect_osc: Server) -> Non
         assert (await client.applied())["paused"] is False
 
 
+async def test_a_burst_is_merged_and_the_last_value_wins(effect_osc: Server) -> None:
+    """A controller sending every channel on every frame: each message is applied (counted),
+    the session gets the changes merged (far fewer notifications) and ends on the last value."""
+    osc = await osc_client(effect_osc.url)
+    async with LiveV2VClient(effect_osc.url) as client:
+        await client.connect(NumberedFrames(size=64, fps=20, tint=LIGHT), BLUE)
+        await client.wait_open()
+        await client.applied()
+        burst = [round(i / 200, 3) for i in range(1, 200)] + [0.421]
+        for value in burst:
+            osc.send_message("/scope/noise_scale", value)
+        counts = await counts_when(effect_osc.url, lambda c: c["applied"] >= len(burst))
+        assert counts["applied"] == len(burst)
+        notifications = 0
+        while True:
+            applied = await client.applied()
+            notifications += 1
+            if applied["noise_scale"] == 0.421:  # a float32 on the wire, shown as sent
+                break
+        print(f"{len(burst)} OSC messages → {notifications} parameters_applied")
+        assert notifications < len(burst) // 4
+        # A change after the burst applies on its own.
+        osc.send_message("/scope/prompt", "red")
+        assert (await client.applied())["prompts"] == [{"text": "red", "weight": 1.0}]
+
+
 async def test_every_documented_example_is_a_valid_value() -> None:
     """`/osc/paths` lists every address with type, range, default and example; each example,
     sent as it is listed, passes validation (no live session: counted as no_session)."""
