@@ -106,7 +106,7 @@ class OscControl:
         self._count = count
         self._transport: asyncio.DatagramTransport | None = None
         self.port: int | None = None
-        """The UDP port bound (the one asked for, or the one chosen for port 0)."""
+        """The UDP port bound, once listening."""
         self._all = PromptSettings()
         self._per_session: dict[str, PromptSettings] = {}
         self._catalogue: tuple[type[Pipeline] | None, Catalogue] | None = None

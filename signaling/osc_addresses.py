@@ -22,9 +22,9 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline import ParameterUpdate, Pipeline
 from pipeline import registry as pipelines
@@ -104,9 +104,7 @@ class _SettingsModel(BaseModel):
 
     model_config = ConfigDict(strict=True)
 
-    transition_steps: int = Field(
-        default=0, ge=TransitionSpec.model_json_schema()["properties"]["num_steps"]["minimum"],
-        le=TransitionSpec.model_json_schema()["properties"]["num_steps"]["maximum"])
+    transition_steps: Annotated[int, *TransitionSpec.model_fields["num_steps"].metadata] = 0
     temporal_interpolation_method: InterpolationMethod = "linear"
 
 
