@@ -20,7 +20,7 @@ from pythonosc.udp_client import SimpleUDPClient
 from app import parse_args
 from signaling.client import LiveV2VClient, NumberedFrames
 from signaling.osc import osc_bind
-from tests.conftest import Server, serve_in_thread
+from tests.conftest import Server, free_port, serve_in_thread
 
 LIGHT = (220, 220, 220)  # the effect maps brightness to the palette: bright shows it best
 BLUE = {"prompts": [{"text": "blue", "weight": 1.0}], "noise_scale": 0.0,
@@ -309,11 +309,21 @@ def test_osc_port_option_refuses_nonsense(value: str) -> None:
         parse_args(["--osc-port", value])
 
 
-def test_osc_off_and_osc_port_taken() -> None:
+def test_osc_off_on_public_binds_and_osc_port_taken() -> None:
+    off = {"enabled": False, "listening": False, "port": None, "host": None,
+           "log_all_messages": False}
     with serve_in_thread(pipeline=None, osc_port=0) as server:
-        status = httpx.get(f"{server.url}/api/v1/osc/status").json()
-        assert status == {"enabled": False, "listening": False, "port": None, "host": None,
-                          "log_all_messages": False}
+        assert httpx.get(f"{server.url}/api/v1/osc/status").json() == off
+    with serve_in_thread(pipeline=None, host="0.0.0.0") as server:  # public: off unless asked
+        url = server.url.replace("0.0.0.0", "127.0.0.1")
+        assert httpx.get(f"{url}/api/v1/osc/status").json() == off
+    port = free_port()
+    with serve_in_thread(pipeline=None, host="0.0.0.0", osc_port=port,
+                         osc_host="127.0.0.1") as server:  # asked for, on loopback only
+        url = server.url.replace("0.0.0.0", "127.0.0.1")
+        status = httpx.get(f"{url}/api/v1/osc/status").json()
+        assert status == {**off, "enabled": True, "listening": True, "port": port,
+                          "host": "127.0.0.1"}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
