@@ -4,6 +4,7 @@ Scope's examples use) sends to the app over loopback; real aiortc sessions show 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from pythonosc.udp_client import SimpleUDPClient
 from app import parse_args
 from signaling.client import LiveV2VClient, NumberedFrames
 from signaling.osc import osc_bind
-from tests.conftest import Server, free_port, serve_in_thread
+from tests.conftest import ROOT, Server, free_port, serve_in_thread
 
 LIGHT = (220, 220, 220)  # the effect maps brightness to the palette: bright shows it best
 BLUE = {"prompts": [{"text": "blue", "weight": 1.0}], "noise_scale": 0.0,
@@ -266,6 +267,19 @@ async def test_every_documented_example_is_a_valid_value() -> None:
         counts = await counts_when(server.url, lambda c: sum(c.values()) >= len(entries))
         assert counts["bad_value"] == 0
         assert counts["no_session"] == len(entries) - settings, counts
+
+
+async def test_the_python_examples_of_docs_osc_md_run() -> None:
+    text = (ROOT / "docs" / "osc.md").read_text()
+    section = text[text.index("## python-osc"):text.index("## TouchDesigner")]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
+    assert "SimpleUDPClient" in code and "OscBundleBuilder" in code
+    with serve_in_thread(pipeline="cpu-effect") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        exec(compile(code.replace("8000", str(port)), "docs/osc.md", "exec"), {})
+        counts = await counts_when(server.url, lambda c: sum(c.values()) >= 8)
+    assert counts["bad_value"] == counts["malformed"] == counts["unknown_address"] == 0, counts
+    assert counts["unknown_session"] == 1  # the example's elided session id
 
 
 async def test_osc_routes_are_behind_the_api_key() -> None:
