@@ -113,6 +113,8 @@ class OscControl:
         self._limiter = _LogLimiter()
         self._windows: dict[str, asyncio.TimerHandle] = {}  # session id → end of its window
         self._held: dict[str, dict[str, Any]] = {}  # session id → changes merged meanwhile
+        self.log_all_messages = False
+        """Log every message and what came of it (Scope's switch; `PUT /osc/settings`)."""
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -185,6 +187,8 @@ class OscControl:
         """Apply one message; returns (and counts) what came of it."""
         outcome = self._handle(address, list(args))
         self._count(outcome)
+        if self.log_all_messages:
+            log.info("OSC: %s %s → %s", address[:120], _shown(args), outcome)
         return outcome
 
     def _handle(self, address: str, args: list[Any]) -> Outcome:

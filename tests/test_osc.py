@@ -4,6 +4,7 @@ Scope's examples use) sends to the app over loopback; real aiortc sessions show 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import time
@@ -111,7 +112,8 @@ async def test_scope_prompt_turns_the_output_red(effect_osc: Server) -> None:
 
 
 async def test_bad_values_unknown_addresses_and_garbage_are_survived_and_counted(
-        effect_osc: Server) -> None:
+        effect_osc: Server, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="signaling.osc")  # as `python app.py` logs
     osc = await osc_client(effect_osc.url)
     raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     async with LiveV2VClient(effect_osc.url) as client:
@@ -135,11 +137,23 @@ async def test_bad_values_unknown_addresses_and_garbage_are_survived_and_counted
                                    and c["bad_value"] == len(bad) and c["unknown_address"] == 4
                                    and c["unknown_session"] == 1)
         assert counts["applied"] == 0
+        # Scope's switch: every message is logged (else problems only, rate-limited).
+        async with httpx.AsyncClient(base_url=effect_osc.url) as http:
+            r = await http.put("/api/v1/osc/settings", json={"log_all_messages": True})
+            assert r.status_code == 200 and r.json()["log_all_messages"] is True
+            assert (await http.put("/api/v1/osc/settings", json={})).status_code == 422
+            logged = (await http.get("/api/v1/logs/tail", params={"lines": 2000})).json()
+        assert any("ignored a datagram that is not OSC" in line for line in logged["lines"])
+        assert any("/scope/noise_scale [5.0]" in line for line in logged["lines"])
         # Nothing changed, the session streams on, and the listener still works.
         for _ in range(5):
             assert is_blue(mean_rgb(await client.recv()))
         osc.send_message("/scope/prompt", "red")
         await colour_until(client, is_red)
+        async with httpx.AsyncClient(base_url=effect_osc.url) as http:
+            await counts_when(effect_osc.url, lambda c: c["applied"] == 1)
+            lines = (await http.get("/api/v1/logs/tail", params={"lines": 2000})).json()["lines"]
+        assert any("/scope/prompt ['red'] → applied" in line for line in lines)
     raw.close()
     print(f"OSC outcomes: {counts}")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from ..osc_addresses import SESSION_PREFIX, OscAddress
 from .context import ApiContext
@@ -21,7 +21,15 @@ class OscStatusResponse(BaseModel):
     port: int | None
     host: str | None
     log_all_messages: bool = False
-    """Scope's switch for logging every message; LiveV2V logs problems only (rate-limited)."""
+    """Log every message received (else only problems, rate-limited)."""
+
+
+class OscSettingsRequest(BaseModel):
+    """Scope's `PUT /osc/settings`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    log_all_messages: bool
 
 
 class OscPathsResponse(BaseModel):
@@ -44,13 +52,23 @@ class OscPathsResponse(BaseModel):
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(prefix="/osc", tags=["osc"])
 
-    @api.get("/status", response_model=OscStatusResponse)
-    async def osc_status() -> OscStatusResponse:
-        """Whether OSC listens, and where (UDP)."""
+    def status() -> OscStatusResponse:
         osc = ctx.osc
         return OscStatusResponse(enabled=osc.bind is not None, listening=osc.listening,
                                  port=osc.port if osc.listening else None,
-                                 host=osc.bind[0] if osc.bind else None)
+                                 host=osc.bind[0] if osc.bind else None,
+                                 log_all_messages=osc.log_all_messages)
+
+    @api.get("/status", response_model=OscStatusResponse)
+    async def osc_status() -> OscStatusResponse:
+        """Whether OSC listens, and where (UDP)."""
+        return status()
+
+    @api.put("/settings", response_model=OscStatusResponse, responses={422: {}})
+    async def osc_settings(body: OscSettingsRequest) -> OscStatusResponse:
+        """Log every OSC message received (at info level), or only problems (the default)."""
+        ctx.osc.log_all_messages = body.log_all_messages
+        return status()
 
     @api.get("/paths", response_model=OscPathsResponse)
     async def osc_paths() -> OscPathsResponse:
