@@ -68,7 +68,9 @@ def osc_bind(host: str, port: int, osc_host: str | None,
         osc_port = port if is_loopback_host(host) else 0
     if osc_port == 0:
         return None
-    return (osc_host or host, osc_port)
+    osc_host = osc_host or host
+    # "localhost" may resolve to ::1 first; controllers send to 127.0.0.1.
+    return ("127.0.0.1" if osc_host.strip().lower() == "localhost" else osc_host, osc_port)
 
 
 @dataclass

@@ -312,7 +312,7 @@ async def test_osc_routes_are_behind_the_api_key() -> None:
 def test_when_osc_listens() -> None:
     # Default: on for loopback binds, at the HTTP port number; off for public binds.
     assert osc_bind("127.0.0.1", 8000, None, None) == ("127.0.0.1", 8000)
-    assert osc_bind("localhost", 8000, None, None) == ("localhost", 8000)
+    assert osc_bind("localhost", 8000, None, None) == ("127.0.0.1", 8000)
     assert osc_bind("::1", 8000, None, None) == ("::1", 8000)
     assert osc_bind("0.0.0.0", 8000, None, None) is None
     assert osc_bind("192.168.1.5", 8000, None, None) is None
