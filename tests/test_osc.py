@@ -259,6 +259,7 @@ async def test_every_documented_example_is_a_valid_value() -> None:
         assert paths["active_pipeline_ids"] == ["cpu-effect"]
         assert paths["listening"] and paths["port"] == int(server.url.rsplit(":", 1)[1])
         assert paths["session_address"] == "/livev2v/{session_id}/{key}"
+        assert "sessions" not in paths  # an id lets its holder stop the session: never listed
         entries = [e for group in paths["active"].values() for e in group]
         keys = {e["key"] for e in entries}
         assert {"prompt", "noise_scale", "paused", "reset_cache", "manage_cache",

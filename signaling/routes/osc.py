@@ -44,9 +44,9 @@ class OscPathsResponse(BaseModel):
     host: str | None
     port: int | None
     session_address: str = f"{SESSION_PREFIX}{{session_id}}/{{key}}"
-    """Every `/scope/<key>` also exists per session, for one session only."""
-    sessions: list[str]
-    """Live session ids now (for `session_address`)."""
+    """Every `/scope/<key>` also exists per session, for one session only. Live session ids
+    are not listed here: an id lets its holder stop the session (`DELETE /webrtc/offer/{id}`),
+    so only the session's own client knows it."""
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -88,8 +88,7 @@ def router(ctx: ApiContext) -> APIRouter:
                                 active_pipeline_ids=catalogue.active_pipeline_ids,
                                 listening=osc.listening,
                                 host=osc.bind[0] if osc.bind else None,
-                                port=osc.port if osc.listening else None,
-                                sessions=[s.id for s in ctx.sessions.live()])
+                                port=osc.port if osc.listening else None)
 
     return api
 
@@ -135,7 +134,6 @@ def render(paths: OscPathsResponse) -> str:
     else:
         where = ("OSC is <b>not listening</b> on this server (start it with "
                  "<code>--osc-port PORT</code>; it is on by default on loopback binds).")
-    sessions = ", ".join(f"<code>{html.escape(s)}</code>" for s in paths.sessions) or "none"
     active = "".join(_table(name, entries, host, port)
                      for name, entries in paths.active.items())
     available = "".join(_table(f"{name} (not loaded)", entries, host, port)
@@ -153,7 +151,8 @@ code {{ background: #f3f3f6; padding: 0 .2rem; border-radius: 3px; }}
 <h1>OSC reference</h1>
 <p>{where} Pipeline loaded: <b>{html.escape(loaded)}</b>.</p>
 <p><code>/scope/&lt;key&gt; value</code> changes every live session;
-<code>{html.escape(paths.session_address)}</code> changes one. Live sessions: {sessions}.
+<code>{html.escape(paths.session_address)}</code> changes one (the session id is the
+<code>sessionId</code> its client got with the answer; the studio shows it).
 Numbers may be sent as float or int (a bool takes 0/1, an integer a whole float), as
 TouchDesigner's OSC Out CHOP sends them. Bad values and unknown addresses are logged and
 counted in <code>/metrics</code> (<code>livev2v_osc_messages</code>). Send
