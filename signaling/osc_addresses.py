@@ -80,7 +80,6 @@ LIVEV2V_KEYS: dict[str, tuple[str | None, str]] = {
     "seed": ("seed", "Noise seed"),
     "recording": ("recording", "Start (1) or stop (0) server-side recording of the output"),
 }
-SETTINGS_DEFAULTS = {"transition_steps": 0, "temporal_interpolation_method": "linear"}
 # The worker's fallbacks when neither the session nor the pipeline set a value (params.py).
 FALLBACK_DEFAULTS = {"denoising_step_list": [700, 500], "noise_scale": 0.7, "seed": 42,
                      "paused": False, "prompt_interpolation_method": "linear",
@@ -91,18 +90,11 @@ class OscValueError(ValueError):
     """A message whose arguments do not fit its address; the text says why."""
 
 
-@dataclass
-class PromptSettings:
-    """Scope's app state that `/scope/prompt` uses, kept here for clients without the app."""
+class PromptSettings(BaseModel):
+    """Scope's app state that `/scope/prompt` uses, kept by the server for clients without the
+    app; validated with the constraints of the transition it feeds."""
 
-    transition_steps: int = 0
-    temporal_interpolation_method: InterpolationMethod = "linear"
-
-
-class _SettingsModel(BaseModel):
-    """Validates the two settings with the constraints of the transition they feed."""
-
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, frozen=True)
 
     transition_steps: Annotated[int, *TransitionSpec.model_fields["num_steps"].metadata] = 0
     temporal_interpolation_method: InterpolationMethod = "linear"
@@ -155,7 +147,7 @@ def _scope_entry(key: str, field: str | None, description: str,
         return OscAddress(key=key, osc_address=f"{SCOPE_PREFIX}{key}", type="string",
                           description=description)
     if field is None:  # a setting that the next prompt uses
-        prop = _SettingsModel.model_json_schema()["properties"][key]
+        prop = PromptSettings.model_json_schema()["properties"][key]
     else:
         prop = _runtime_properties()[field]
     entry = _entry(key, prop, description)
@@ -202,7 +194,7 @@ def build_catalogue(cls: type[Pipeline] | None) -> Catalogue:
             prompts = defaults.get("prompts")
             entry.default = prompts[0]["text"] if prompts else None
         elif field is None:
-            entry.default = SETTINGS_DEFAULTS[entry.key]
+            entry.default = getattr(PromptSettings(), entry.key)
         else:
             entry.default = defaults.get(field, FALLBACK_DEFAULTS.get(field))
         entry.example = example_value(entry)
@@ -347,14 +339,13 @@ def to_update(key: str, value: Any, settings: PromptSettings) -> ParameterUpdate
 def to_settings(key: str, value: Any, settings: PromptSettings) -> PromptSettings:
     """`settings` with `transition_steps` or `temporal_interpolation_method` changed."""
     try:
-        checked = _SettingsModel.model_validate({key: value})
+        return PromptSettings.model_validate({**settings.model_dump(), key: value})
     except ValidationError as exc:
         raise OscValueError(_reason(exc)) from None
-    return PromptSettings(**{**settings.__dict__, key: getattr(checked, key)})
 
 
 def is_setting(key: str) -> bool:
-    return key in SETTINGS_DEFAULTS
+    return key in PromptSettings.model_fields
 
 
 def _reason(exc: ValidationError) -> str:
