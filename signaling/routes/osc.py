@@ -152,7 +152,7 @@ code {{ background: #f3f3f6; padding: 0 .2rem; border-radius: 3px; }}
 <p>{where} Pipeline loaded: <b>{html.escape(loaded)}</b>.</p>
 <p><code>/scope/&lt;key&gt; value</code> changes every live session;
 <code>{html.escape(paths.session_address)}</code> changes one (the session id is the
-<code>sessionId</code> its client got with the answer; the studio shows it).
+<code>sessionId</code> its client got with the answer).
 Numbers may be sent as float or int (a bool takes 0/1, an integer a whole float), as
 TouchDesigner's OSC Out CHOP sends them. Bad values and unknown addresses are logged and
 counted in <code>/metrics</code> (<code>livev2v_osc_messages</code>). Send
