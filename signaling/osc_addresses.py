@@ -258,7 +258,9 @@ def convert(entry: OscAddress, args: Sequence[Any]) -> Any:
     """An OSC message's arguments as the Python value of `entry`'s type. Raises OscValueError."""
     if entry.type == "integer_list":
         items: list[Any] = list(args)
-        if len(items) == 1 and isinstance(items[0], str):  # "700 500" from a text field
+        if len(items) == 1 and isinstance(items[0], list):  # an OSC array: [700 500]
+            items = items[0]
+        elif len(items) == 1 and isinstance(items[0], str):  # "700 500" from a text field
             items = items[0].replace(",", " ").split()
             try:
                 items = [int(item) for item in items]

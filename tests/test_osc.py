@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
-from pythonosc.osc_message_builder import build_msg
+from pythonosc.osc_message_builder import OscMessageBuilder, build_msg
 from pythonosc.udp_client import SimpleUDPClient
 
 from app import parse_args
@@ -208,7 +208,10 @@ async def test_touchdesigner_style_values_and_bundles(effect_osc: Server) -> Non
         bundle = OscBundleBuilder(IMMEDIATELY)
         bundle.add_content(build_msg("/scope/noise_scale", 0.25))
         bundle.add_content(build_msg("/scope/paused", 1.0))
-        bundle.add_content(build_msg("/scope/denoising_step_list", [800.0, 400.0]))
+        bundle.add_content(build_msg("/scope/denoising_step_list", [900.0, 600.0]))
+        array = OscMessageBuilder("/scope/denoising_step_list")  # as an OSC array [ii]
+        array.add_arg([800, 400])
+        bundle.add_content(array.build())
         osc.send(bundle.build())
         want = {"noise_scale": 0.25, "paused": True, "denoising_step_list": [800, 400]}
         deadline = time.monotonic() + 20
