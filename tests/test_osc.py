@@ -8,7 +8,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -82,15 +82,9 @@ async def counts_when(url: str, check: Callable[[dict[str, float]], bool],
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-def effect_osc() -> Iterator[Server]:
-    with serve_in_thread(pipeline="cpu-effect") as server:
-        yield server
-
-
-async def test_scope_prompt_turns_the_output_red(effect_osc: Server) -> None:
-    osc = await osc_client(effect_osc.url)
-    async with LiveV2VClient(effect_osc.url) as client:
+async def test_scope_prompt_turns_the_output_red(effect_server: Server) -> None:
+    osc = await osc_client(effect_server.url)
+    async with LiveV2VClient(effect_server.url) as client:
         await client.connect(NumberedFrames(size=128, fps=20, tint=LIGHT), BLUE)
         await colour_until(client, is_blue)
         sent = time.monotonic()
@@ -102,21 +96,21 @@ async def test_scope_prompt_turns_the_output_red(effect_osc: Server) -> None:
         # prompt box), and by the HTTP API.
         update = await client.message("parameters_updated")
         assert update["parameters"] == {"prompts": [{"text": "red", "weight": 1.0}]}
-        async with httpx.AsyncClient(base_url=effect_osc.url) as http:
+        async with httpx.AsyncClient(base_url=effect_server.url) as http:
             current = (await http.get("/api/v1/session/parameters",
                                       params={"session_id": client.session_id})).json()
         assert current["parameters"]["prompts"] == [{"text": "red", "weight": 1.0}]
         assert current["parameters"]["noise_scale"] == 0.0  # the rest stays
-    counts = await osc_counts(effect_osc.url)
+    counts = await osc_counts(effect_server.url)
     assert counts["applied"] == 1 and counts["bad_value"] == 0
 
 
 async def test_bad_values_unknown_addresses_and_garbage_are_survived_and_counted(
-        effect_osc: Server, caplog: pytest.LogCaptureFixture) -> None:
+        effect_server: Server, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="signaling.osc")  # as `python app.py` logs
-    osc = await osc_client(effect_osc.url)
+    osc = await osc_client(effect_server.url)
     raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    async with LiveV2VClient(effect_osc.url) as client:
+    async with LiveV2VClient(effect_server.url) as client:
         await client.connect(NumberedFrames(size=128, fps=20, tint=LIGHT), BLUE)
         await colour_until(client, is_blue)
         bad = [("/scope/noise_scale", 5.0), ("/scope/noise_scale", float("nan")),
@@ -131,36 +125,39 @@ async def test_bad_values_unknown_addresses_and_garbage_are_survived_and_counted
         garbage = [b"", b"\x00" * 7, b"not osc at all", b"#bundle\x00" + b"\x01" * 30,
                    b"/scope/prompt\x00\x00\x00,s\x00\x00", b"/scope/prompt\x00\x00\x00,c\x00\x00",
                    bytes(range(256)) * 200]
-        for datagram in garbage:
-            raw.sendto(datagram, await osc_target(effect_osc.url))
-        counts = await counts_when(effect_osc.url, lambda c: c["malformed"] >= 5
+        target = await osc_target(effect_server.url)
+        for datagram in garbage + [b"junk"] * 30:
+            raw.sendto(datagram, target)
+        counts = await counts_when(effect_server.url, lambda c: c["malformed"] >= 35
                                    and c["bad_value"] == len(bad) and c["unknown_address"] == 4
                                    and c["unknown_session"] == 1)
         assert counts["applied"] == 0
         # Scope's switch: every message is logged (else problems only, rate-limited).
-        async with httpx.AsyncClient(base_url=effect_osc.url) as http:
+        async with httpx.AsyncClient(base_url=effect_server.url) as http:
             r = await http.put("/api/v1/osc/settings", json={"log_all_messages": True})
             assert r.status_code == 200 and r.json()["log_all_messages"] is True
             assert (await http.put("/api/v1/osc/settings", json={})).status_code == 422
             logged = (await http.get("/api/v1/logs/tail", params={"lines": 2000})).json()
-        assert any("ignored a datagram that is not OSC" in line for line in logged["lines"])
+        # 35 or more garbage datagrams, at most 5 lines (then a count) per 10 s.
+        noted = [line for line in logged["lines"] if "ignored a datagram" in line]
+        assert 1 <= len(noted) <= 5, noted
         assert any("/scope/noise_scale [5.0]" in line for line in logged["lines"])
         # Nothing changed, the session streams on, and the listener still works.
         for _ in range(5):
             assert is_blue(mean_rgb(await client.recv()))
         osc.send_message("/scope/prompt", "red")
         await colour_until(client, is_red)
-        async with httpx.AsyncClient(base_url=effect_osc.url) as http:
-            await counts_when(effect_osc.url, lambda c: c["applied"] == 1)
+        async with httpx.AsyncClient(base_url=effect_server.url) as http:
+            await counts_when(effect_server.url, lambda c: c["applied"] == 1)
             lines = (await http.get("/api/v1/logs/tail", params={"lines": 2000})).json()["lines"]
         assert any("/scope/prompt ['red'] → applied" in line for line in lines)
     raw.close()
     print(f"OSC outcomes: {counts}")
 
 
-async def test_a_session_address_reaches_that_session_only(effect_osc: Server) -> None:
-    osc = await osc_client(effect_osc.url)
-    async with LiveV2VClient(effect_osc.url) as a, LiveV2VClient(effect_osc.url) as b:
+async def test_a_session_address_reaches_that_session_only(effect_server: Server) -> None:
+    osc = await osc_client(effect_server.url)
+    async with LiveV2VClient(effect_server.url) as a, LiveV2VClient(effect_server.url) as b:
         await a.connect(NumberedFrames(size=128, fps=15, tint=LIGHT), BLUE)
         await b.connect(NumberedFrames(size=128, fps=15, tint=LIGHT), BLUE)
         await colour_until(a, is_blue)
@@ -176,9 +173,9 @@ async def test_a_session_address_reaches_that_session_only(effect_osc: Server) -
         assert is_red(mean_rgb(await b.recv()))
 
 
-async def test_transition_steps_make_the_next_prompt_a_transition(effect_osc: Server) -> None:
-    osc = await osc_client(effect_osc.url)
-    async with LiveV2VClient(effect_osc.url) as client:
+async def test_transition_steps_make_the_next_prompt_a_transition(effect_server: Server) -> None:
+    osc = await osc_client(effect_server.url)
+    async with LiveV2VClient(effect_server.url) as client:
         await client.connect(NumberedFrames(size=64, fps=20, tint=LIGHT), BLUE)
         await client.wait_open()
         await client.applied()  # the initial parameters
@@ -198,10 +195,10 @@ async def test_transition_steps_make_the_next_prompt_a_transition(effect_osc: Se
         await colour_until(client, is_red)
 
 
-async def test_touchdesigner_style_values_and_bundles(effect_osc: Server) -> None:
+async def test_touchdesigner_style_values_and_bundles(effect_server: Server) -> None:
     """OSC Out CHOP sends float32 for every channel: a toggle as 0.0/1.0, steps as floats."""
-    osc = await osc_client(effect_osc.url)
-    async with LiveV2VClient(effect_osc.url) as client:
+    osc = await osc_client(effect_server.url)
+    async with LiveV2VClient(effect_server.url) as client:
         await client.connect(NumberedFrames(size=64, fps=20, tint=LIGHT), BLUE)
         await client.wait_open()
         await client.applied()
@@ -225,18 +222,18 @@ async def test_touchdesigner_style_values_and_bundles(effect_osc: Server) -> Non
         assert (await client.applied())["paused"] is False
 
 
-async def test_a_burst_is_merged_and_the_last_value_wins(effect_osc: Server) -> None:
+async def test_a_burst_is_merged_and_the_last_value_wins(effect_server: Server) -> None:
     """A controller sending every channel on every frame: each message is applied (counted),
     the session gets the changes merged (far fewer notifications) and ends on the last value."""
-    osc = await osc_client(effect_osc.url)
-    async with LiveV2VClient(effect_osc.url) as client:
+    osc = await osc_client(effect_server.url)
+    async with LiveV2VClient(effect_server.url) as client:
         await client.connect(NumberedFrames(size=64, fps=20, tint=LIGHT), BLUE)
         await client.wait_open()
         await client.applied()
         burst = [round(i / 200, 3) for i in range(1, 200)] + [0.421]
         for value in burst:
             osc.send_message("/scope/noise_scale", value)
-        counts = await counts_when(effect_osc.url, lambda c: c["applied"] >= len(burst))
+        counts = await counts_when(effect_server.url, lambda c: c["applied"] >= len(burst))
         assert counts["applied"] == len(burst)
         notifications = 0
         while True:
