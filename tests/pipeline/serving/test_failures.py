@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -100,6 +100,41 @@ def check_guarantee(sinks: dict[int, EventSink],
     assert told == sum(1 for kind, _, _ in failures if kind == "new_state")
 
 
+def churn(service: PipelineService, sessions: int,
+          enough: Callable[[dict[int, EventSink]], bool], timeout_s: float = 90) -> \
+        dict[int, EventSink]:
+    """Stream `sessions` sessions at once, each fed frames of its own value (1, 2, ...), and
+    replace each stopped one at once (attached while the worker handles failures), until
+    `enough(sinks)` holds or 240 sessions were used; then close them and stop the service (its
+    worker threads joined: nothing reaches a sink after this). Returns every session's sink."""
+    live: dict[int, Stream] = {}
+    sinks: dict[int, EventSink] = {}
+
+    def open_session() -> None:
+        value = len(sinks) + 1
+        sinks[value] = EventSink()
+        live[value] = service.open_stream(sinks[value], offers_video=True)
+
+    for _ in range(sessions):
+        open_session()
+    deadline = time.monotonic() + timeout_s
+    pts = 0
+    while not enough(sinks) and len(sinks) < 240:
+        assert time.monotonic() < deadline, "too few failures"
+        pts += 3000
+        for value, stream in list(live.items()):
+            if sinks[value].stops:
+                del live[value]
+                open_session()
+            else:
+                stream.push(frame(value, pts))
+        time.sleep(0.002)  # the feed's pace
+    for stream in live.values():
+        stream.close()
+    service.stop()
+    return sinks
+
+
 def test_every_session_of_a_failed_call_is_stopped_once_with_nothing_after(
         busy_core: None) -> None:
     seed = random.randrange(1 << 30)
@@ -110,31 +145,8 @@ def test_every_session_of_a_failed_call_is_stopped_once_with_nothing_after(
         status = service.load_blocking("test-flaky", {"fail_rate": 0.15, "seed": seed,
                                                        "batch": 3})
         assert status.status == "loaded", status
-        live: dict[int, Stream] = {}
-        sinks: dict[int, EventSink] = {}
-
-        def open_session() -> None:
-            value = len(sinks) + 1
-            sinks[value] = EventSink()
-            live[value] = service.open_stream(sinks[value], offers_video=True)
-
-        for _ in range(8):  # 4 per worker: two calls per round on each
-            open_session()
-        deadline = time.monotonic() + 90
-        pts = 0
-        while (sum(1 for _, _, v in FlakyPipeline.failures if v) < 40 and len(sinks) < 240):
-            assert time.monotonic() < deadline, f"too few failures (seed {seed})"
-            pts += 3000
-            for value, stream in list(live.items()):
-                if sinks[value].stops:
-                    del live[value]
-                    open_session()  # attached while the worker handles failures
-                else:
-                    stream.push(frame(value, pts))
-            time.sleep(0.002)  # the feed's pace
-        for stream in live.values():
-            stream.close()
-        service.stop()  # joins the worker threads: nothing reaches a sink after this
+        # 4 sessions per worker: two calls per round on each.
+        sinks = churn(service, 8, lambda _: sum(1 for *_, v in FlakyPipeline.failures if v) >= 40)
         check_guarantee(sinks, list(FlakyPipeline.failures))
         assert sum(1 for s in sinks.values() if s.stops) >= 20, f"seed {seed}"
     finally:

@@ -28,7 +28,7 @@ from pipeline.serving.ray_backend import front as ray_front
 from pipeline.serving.ray_backend.shared_frames import SharedBlock
 from signaling.client import LiveV2VClient, NumberedFrames, read_number
 from tests.conftest import serve_in_thread
-from tests.pipeline.serving.test_failures import EventSink, check_guarantee
+from tests.pipeline.serving.test_failures import EventSink, check_guarantee, churn
 from tests.pipelines import RecordingSink
 from tests.worker_pipelines import DevicePipeline  # noqa: F401 - registers test-device, test-flaky
 
@@ -154,35 +154,12 @@ def test_a_call_that_raises_in_an_actor_stops_exactly_its_sessions(
     status = ray_service.load_blocking("test-flaky", {"fail_rate": 0.2, "kinds": ["raise"],
                                                       "batch": 2}, timeout=120)
     assert status.status == "loaded", status
-    live: dict[int, Stream] = {}
-    sinks: dict[int, EventSink] = {}
 
-    def open_session() -> None:
-        value = len(sinks) + 1
-        sinks[value] = EventSink()
-        live[value] = ray_service.open_stream(sinks[value], offers_video=True)
+    def messages(sinks: dict[int, EventSink]) -> set[str]:
+        return {m for sink in sinks.values() for m, _ in sink.stops}
 
-    for _ in range(6):
-        open_session()
-    messages: set[str] = set()
-    deadline = time.monotonic() + 120
-    pts = 0
-    while len(messages) < 10 and len(sinks) < 200:
-        assert time.monotonic() < deadline, "too few failures"
-        pts += 3000
-        for value, stream in list(live.items()):
-            if sinks[value].stops:
-                messages.add(sinks[value].stops[0][0])
-                del live[value]
-                open_session()
-            else:
-                stream.push(frame(value, pts, size=8))
-        time.sleep(0.005)  # the feed's pace
-    for stream in live.values():
-        stream.close()
-    ray_service.stop()  # joins the worker threads: nothing reaches a sink after this
-    messages = {m for sink in sinks.values() for m, _ in sink.stops}
-    failures = [_parse_injected(m) for m in messages]
+    sinks = churn(ray_service, 6, lambda sinks: len(messages(sinks)) >= 10, timeout_s=120)
+    failures = [_parse_injected(m) for m in messages(sinks)]
     check_guarantee(sinks, [("raise", at, values) for at, values in failures])
 
 
