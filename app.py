@@ -32,6 +32,7 @@ from signaling.limits import BodyLimitMiddleware
 from signaling.loopback import offer_loopback_candidates
 from signaling.looplag import LoopLagProbe
 from signaling.metrics import OfferOutcomes
+from signaling.prefix import ForwardedPrefixMiddleware
 from signaling.recording import RecordingLimits
 from signaling.routes import ApiContext, build_router
 from signaling.sessions import SessionRegistry
@@ -109,6 +110,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex(),
                        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
                        allow_headers=["*"], max_age=600)
+    app.add_middleware(ForwardedPrefixMiddleware)  # outermost: the others see the root path
     # API routes first: Gradio's mount at "/" is a catch-all.
     app.include_router(build_router(ctx))
     app.include_router(ui_router)  # /ui/livev2v.js for pages other than ours

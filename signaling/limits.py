@@ -6,6 +6,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .prefix import route_path
+
 
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_bytes: int, prefix: str = "/api/",
@@ -17,10 +19,11 @@ class BodyLimitMiddleware:
         """Exact paths with a limit of their own (uploads)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        path = route_path(scope) if scope["type"] == "http" else ""
+        if not path.startswith(self.prefix):
             await self.app(scope, receive, send)
             return
-        limit = self.larger.get(scope["path"].rstrip("/"), self.max_bytes)
+        limit = self.larger.get(path.rstrip("/"), self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await self._too_large(send, limit)
