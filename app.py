@@ -37,6 +37,7 @@ from signaling.recording import RecordingLimits
 from signaling.routes import ApiContext, build_router
 from signaling.sessions import SessionRegistry
 from ui.blocks import MOUNT_OPTIONS, build_blocks
+from ui.notebook import StudioFrame, Via, embed
 from ui.routes import router as ui_router
 
 VERSION = "0.1.0"
@@ -167,12 +168,13 @@ class BackgroundServer:
             if key in _background and _background[key].thread is self.thread:
                 del _background[key]
 
-    def iframe(self, width: str | int = "100%", height: int = 860) -> Any:
-        """The page, for a notebook cell (camera access needs the iframe's `allow`)."""
-        from IPython.display import IFrame
-
-        return IFrame(self.url, width=width, height=height,
-                      extras=['allow="camera; microphone; autoplay; display-capture"'])
+    def iframe(self, width: str | int = "100%", height: int = 860, *, url: str | None = None,
+               via: Via = "auto") -> StudioFrame:
+        """The studio, for a notebook cell, at the URL the *browser* can load: Colab's proxy,
+        Jupyter's jupyter-server-proxy (`{base_url}proxy/PORT/`), or localhost with the port
+        forward to run for a remote kernel (the rule: ui/notebook.py, docs/notebooks.md).
+        `url=` sets the URL; `via=` forces "colab", "jupyter", "remote" or "local"."""
+        return StudioFrame(embed(self.settings.port, self.url, url=url, via=via), width, height)
 
     def __repr__(self) -> str:
         how = "already running, reused" if self.reused else "started"
