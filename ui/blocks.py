@@ -61,7 +61,9 @@ def _loader_js() -> str:
     version = json.dumps(_version())
     return f"""
 const cfg = window.gradio_config || {{}};
-let base = cfg.root || document.baseURI;
+// Gradio's root carries the proxy's prefix; its scheme and host are Gradio's guess from the
+// headers (http behind a TLS-terminating hub), so the page's own origin is used with its path.
+let base = cfg.root ? new URL(new URL(cfg.root).pathname, location.origin).href : document.baseURI;
 if (!base.endsWith("/")) base += "/";
 const url = new URL("gradio_api/file=" + encodeURI({module}) + "?v=" + {version}, base).href;
 import(url).then((m) => {{
