@@ -266,7 +266,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "FORWARDED_ALLOW_IPS to the proxy's address so clients are told apart")
     parser.add_argument("--session-time-limit", type=float, default=None, metavar="SECONDS",
                         help="end each session after this long (useful on shared Spaces)")
-    parser.add_argument("--root-path", default="", help="URL prefix behind a proxy")
+    parser.add_argument("--root-path", default="",
+                        help="URL prefix the app is served under behind a proxy, e.g. /v2v "
+                             "(default: the proxy's X-Forwarded-Prefix header, if any)")
     parser.add_argument("--api-key", default=env.get("LIVEV2V_API_KEY") or None,
                         help="require this key on every /api/v1 route (env LIVEV2V_API_KEY); "
                              "clients send 'Authorization: Bearer <key>'")
