@@ -174,7 +174,9 @@ class BackgroundServer:
         Jupyter's jupyter-server-proxy (`{base_url}proxy/PORT/`), or localhost with the port
         forward to run for a remote kernel (the rule: ui/notebook.py, docs/notebooks.md).
         `url=` sets the URL; `via=` forces "colab", "jupyter", "remote" or "local"."""
-        return StudioFrame(embed(self.settings.port, self.url, url=url, via=via), width, height)
+        turn = self.app.state.ice.source not in ("none", "public-stun")
+        return StudioFrame(embed(self.settings.port, self.url, url=url, via=via), width, height,
+                           turn=turn)
 
     def __repr__(self) -> str:
         how = "already running, reused" if self.reused else "started"

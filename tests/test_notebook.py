@@ -49,7 +49,9 @@ def _image(cell: Any) -> Image.Image:
 
 # What would make iframe() pick another way than the one a test sets up.
 _DETECTION_ENV = ("SSH_CONNECTION", "SSH_CLIENT", "JUPYTERHUB_SERVICE_PREFIX",
-                  "JUPYTERHUB_API_TOKEN", "REMOTE_CONTAINERS", "CODESPACES")
+                  "JUPYTERHUB_API_TOKEN", "REMOTE_CONTAINERS", "CODESPACES",
+                  # and what would give the server TURN (the cell then says nothing about it)
+                  "HF_TOKEN", "TURN_URLS", "STUN_URLS", "TWILIO_ACCOUNT_SID")
 
 
 @pytest.fixture
@@ -61,6 +63,7 @@ def kernel_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     runtime = tmp_path / "jupyter-runtime"
     runtime.mkdir()
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))  # no cached hub login
     return runtime
 
 
@@ -160,6 +163,8 @@ def test_notebook_under_jupyter_server_proxy_streams_in_the_browser(
             # The frame loads the app through the proxy, relative to the notebook's origin.
             proxied = f"{BASE_URL}proxy/{port}/"
             assert f'src="{proxied}"' in frame_html and 'allow="camera' in frame_html
+            # no TURN here (loopback): the cell says what to set for browsers elsewhere
+            assert "set HF_TOKEN" in frame_html
 
             context = browser.new_context(viewport={"width": 1440, "height": 1000})
             page = context.new_page()

@@ -56,9 +56,12 @@ def test_colab_uses_colabs_port_proxy(fake_colab: object) -> None:
     import google.colab.output as output  # the fake: what the kernel asked Colab for
 
     assert output.CALLS == ["google.colab.kernel.proxyPort(8123)"]
-    html = StudioFrame(e, height=700)._repr_html_()
+    html = StudioFrame(e, height=700, turn=True)._repr_html_()
     assert f'src="{e.src}"' in html and 'height="700"' in html
     assert 'allow="camera; microphone; autoplay' in html
+    assert "TURN" not in html
+    # Colab's VM is behind NAT: without TURN the cell says what to set
+    assert "Colab needs a TURN server" in StudioFrame(e, turn=False)._repr_html_()
     # an explicit URL or way still wins over Colab
     assert embed(8123, url="https://tunnel.example/", env={}).src == "https://tunnel.example/"
     assert embed(8123, via="local", env={}).kind == "local"

@@ -154,9 +154,26 @@ class StudioFrame:
     """What a notebook cell shows: the frame, with the forwarding notice for remote kernels."""
 
     def __init__(self, embedding: Embedding, width: str | int = "100%",
-                 height: int = 860) -> None:
+                 height: int = 860, *, turn: bool = True) -> None:
         self.embedding = embedding
         self.width, self.height = width, height
+        self.turn = turn
+        """Whether the server hands out TURN (or other ICE) servers: without, a browser on
+        another network may load the page but get no video."""
+
+    def _turn_hint(self) -> str:
+        kind = self.embedding.kind
+        if self.turn or kind in ("local", "remote"):  # remote: the notice says it
+            return ""
+        strong = kind == "colab"  # Colab VMs are behind NAT: never without TURN
+        text = ("Colab needs a TURN server for the video: " if strong else
+                "If the video does not connect from a browser on another network: ")
+        text += ("set HF_TOKEN (or TURN_URLS, TURN_USERNAME, TURN_CREDENTIAL) in the "
+                 "environment, then restart the server (server.stop(); serve_in_background"
+                 "(...)).")
+        colour = "#b45309" if strong else "#64748b"
+        style = f"color:{colour};font:13px system-ui,sans-serif;margin:4px 0"
+        return f'<div style="{style}">{text}</div>'
 
     @property
     def src(self) -> str:
@@ -169,7 +186,7 @@ class StudioFrame:
                  f'height="{int(self.height)}" frameborder="0" allow="{ALLOW}" '
                  f'allowfullscreen></iframe>')
         if e.kind != "remote":
-            return frame
+            return self._turn_hint() + frame
         port = e.src.rstrip("/").rsplit(":", 1)[-1]
         return (
             '<div style="border:1px solid #f59e0b;border-radius:8px;padding:10px 14px;'
