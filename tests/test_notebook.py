@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +114,11 @@ BASE_URL = "/user/alice/"
 
 
 @contextlib.contextmanager
-def jupyter_server(runtime: Path, root_dir: Path) -> Iterator[str]:
+def jupyter_server(runtime: Path, root_dir: Path) -> Iterator[Callable[[], str]]:
     """A real Jupyter Server (jupyter-server-proxy enabled by its installed config) on loopback
-    with a token and JupyterHub's kind of base URL; yields its URL."""
+    with a token and JupyterHub's kind of base URL. Yields `ready()`, which waits until the
+    server is listed in `runtime` (where the kernel finds it) and returns its URL: it starts
+    while the kernel imports the app."""
     port = free_port()
     OUTPUT.mkdir(exist_ok=True)
     log = (OUTPUT / f"jupyter-server-{port}.log").open("w")
@@ -126,14 +128,17 @@ def jupyter_server(runtime: Path, root_dir: Path) -> Iterator[str]:
          f"--ServerApp.base_url={BASE_URL}", f"--ServerApp.root_dir={root_dir}"],
         env={**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)},
         stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}{BASE_URL}"
-    try:
+
+    def ready() -> str:
         deadline = time.monotonic() + 120
-        while not list(runtime.glob("jpserver-*.json")):  # listed: the kernel can find it
+        while not list(runtime.glob("jpserver-*.json")):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"Jupyter Server did not start; see {log.name}")
             time.sleep(0.1)
-        yield url
+        return f"http://127.0.0.1:{port}{BASE_URL}"
+
+    try:
+        yield ready
     finally:
         proc.terminate()
         try:
@@ -149,15 +154,17 @@ def test_notebook_under_jupyter_server_proxy_streams_in_the_browser(
         monkeypatch: pytest.MonkeyPatch, kernel_env: Path, browser: Any) -> None:
     port = free_port()
     monkeypatch.setenv("GRADIO_SERVER_PORT", str(port))
-    with jupyter_server(kernel_env, NOTEBOOK.parent) as jupyter:
+    with jupyter_server(kernel_env, NOTEBOOK.parent) as jupyter_ready:
         nb = nbformat.read(NOTEBOOK, as_version=4)
         code = [cell for cell in nb.cells if cell.cell_type == "code"]
         client = NotebookClient(nb, timeout=180, kernel_name="python3",
                                 resources={"metadata": {"path": str(NOTEBOOK.parent)}})
         with client.setup_kernel():
             # The start and the frame cells (the Python-client cell runs in the test above).
-            for index in (nb.cells.index(code[0]), nb.cells.index(code[1])):
-                client.execute_cell(nb.cells[index], index)
+            start, frame_cell = nb.cells.index(code[0]), nb.cells.index(code[1])
+            client.execute_cell(nb.cells[start], start)
+            jupyter = jupyter_ready()
+            client.execute_cell(nb.cells[frame_cell], frame_cell)
             assert not [o for c in code[:2] for o in c.outputs if o.output_type == "error"]
             frame_html = _html(code[1])
             # The frame loads the app through the proxy, relative to the notebook's origin.

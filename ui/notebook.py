@@ -7,7 +7,7 @@
 2. Colab (`google.colab` importable): the URL Colab's own kernel-side helper makes for the port
    (`google.colab.kernel.proxyPort(port)` through `google.colab.output.eval_js`).
 3. Jupyter Server with jupyter-server-proxy (JupyterLab, Notebook 7, JupyterHub): a running
-   Jupyter Server of this user (`jupyter_server.serverapp.list_running_servers()`) answers the
+   Jupyter Server of this user (listed in the Jupyter runtime folder) answers the
    app's `/health` through `{base_url}proxy/{port}/` → the frame loads that origin-relative path.
    On JupyterHub, when no server can be asked, `$JUPYTERHUB_SERVICE_PREFIX` + `proxy/{port}/`
    with `jupyter_server_proxy` importable.
@@ -26,10 +26,12 @@ import getpass
 import html
 import importlib
 import importlib.util
+import json
 import os
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -93,14 +95,33 @@ def colab_url(port: int) -> str:
 
 
 def running_jupyter_servers() -> list[dict[str, Any]]:
-    """This user's running Jupyter Servers (their runtime files), or none without jupyter_server."""
+    """This user's running Jupyter Servers (and classic Notebook servers): the `jpserver-*.json`
+    / `nbserver-*.json` files of the Jupyter runtime folder whose process is alive. (What
+    `jupyter_server.serverapp.list_running_servers()` reads, without importing the server.)"""
     try:
-        from jupyter_server.serverapp import list_running_servers
+        from jupyter_core.paths import jupyter_runtime_dir
     except ImportError:
         return []
-    with contextlib.suppress(OSError):
-        return list(list_running_servers())
-    return []
+    folder = Path(jupyter_runtime_dir())
+    servers = []
+    for path in sorted(folder.glob("jpserver-*.json")) + sorted(folder.glob("nbserver-*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(path.read_text())
+            if isinstance(info, dict) and _alive(int(info.get("pid", 0))):
+                servers.append(info)
+    return servers
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
 
 
 def jupyter_proxy_path(port: int, env: Mapping[str, str],
