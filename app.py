@@ -99,7 +99,6 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
         ctx.logs.uninstall()
 
     app = FastAPI(title="LiveV2V", version=VERSION, lifespan=lifespan,
-                  root_path=settings.root_path,
                   description="Real-time video-to-video diffusion over WebRTC "
                               "(Daydream Scope-compatible API).")
     app.state.service, app.state.sessions, app.state.ice = service, sessions, ice
@@ -111,7 +110,8 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex(),
                        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
                        allow_headers=["*"], max_age=600)
-    app.add_middleware(ForwardedPrefixMiddleware)  # outermost: the others see the root path
+    # outermost, so that the others see the root path (FastAPI's own root_path is deprecated)
+    app.add_middleware(ForwardedPrefixMiddleware, root_path=settings.root_path)
     # API routes first: Gradio's mount at "/" is a catch-all.
     app.include_router(build_router(ctx))
     app.include_router(ui_router)  # /ui/livev2v.js for pages other than ours

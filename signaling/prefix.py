@@ -29,17 +29,24 @@ def forwarded_prefix(value: str) -> str | None:
 
 
 class ForwardedPrefixMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    """Sets `root_path`: the configured one (`--root-path`), else the one the ASGI server was
+    given (`uvicorn --root-path`), else the proxy's header."""
+
+    def __init__(self, app: ASGIApp, root_path: str = "") -> None:
         self.app = app
+        self.root_path = root_path.rstrip("/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and not scope.get("root_path"):
-            for name, value in scope["headers"]:
-                if name == HEADER:
-                    prefix = forwarded_prefix(value.decode("latin-1"))
-                    if prefix:
-                        scope = {**scope, "root_path": prefix}
-                    break
+        if scope["type"] in ("http", "websocket"):
+            if self.root_path:
+                scope = {**scope, "root_path": self.root_path}
+            elif not scope.get("root_path"):
+                for name, value in scope["headers"]:
+                    if name == HEADER:
+                        prefix = forwarded_prefix(value.decode("latin-1"))
+                        if prefix:
+                            scope = {**scope, "root_path": prefix}
+                        break
         await self.app(scope, receive, send)
 
 

@@ -177,7 +177,7 @@ def test_notebook_under_jupyter_server_proxy_streams_in_the_browser(
             page = context.new_page()
             errors: list[str] = []
             requests: list[str] = []
-            page.on("request", lambda r: requests.append(r.url))
+            page.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
             try:
                 # Log in to Jupyter with its token (a cookie, as a user's browser has), then
                 # show the cell's output in a page of Jupyter's origin: the stand-in for
@@ -193,13 +193,15 @@ def test_notebook_under_jupyter_server_proxy_streams_in_the_browser(
                 frame.page.on("console", lambda m: m.type == "error" and errors.append(m.text))
                 colours = stream_and_steer(frame)
                 assert colours["blue"][2] > colours["red"][2] + 6, colours
+                session = frame.evaluate("() => window.liveV2V.client.sessionId")
                 assert frame.url == jupyter[:-len(BASE_URL)] + proxied
                 page.screenshot(path=str(OUTPUT / "notebook-jupyter-proxy.png"))
                 stop(frame)
             finally:
                 context.close()
-            app = [u for u in requests if f":{port}" in u or "/proxy/" in u]
-            assert any(f"{proxied}api/v1/webrtc/offer" in u for u in app)
-            direct = [u for u in app if f"127.0.0.1:{port}" in u or f"localhost:{port}" in u]
+            app = [r for r in requests if f":{port}" in r or "/proxy/" in r]
+            offer = f"{jupyter[:-len(BASE_URL)]}{proxied}api/v1/webrtc/offer"
+            assert f"POST {offer}" in app and f"PATCH {offer}/{session}" in app
+            direct = [r for r in app if f"127.0.0.1:{port}" in r or f"localhost:{port}" in r]
             assert direct == [], direct  # the browser never went to the kernel's port itself
             assert errors == [], errors

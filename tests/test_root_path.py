@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from app import parse_args
 from signaling.prefix import forwarded_prefix
-from tests.conftest import Server, serve_in_thread, serve_process
+from tests.conftest import Server, serve_in_thread
 from tests.studio_checks import stop, stream_and_steer
 
 
@@ -66,13 +67,16 @@ def test_forwarded_prefix_header_prefixes_the_page_and_the_docs(effect: Server) 
 @pytest.mark.browser
 @pytest.mark.timeout(300)
 def test_studio_streams_under_root_path(browser: Any) -> None:
-    with serve_process("--pipeline", "cpu-effect", "--root-path", "/lab/v2v",
-                       log_name="root-path-server") as server:
+    assert parse_args(["--root-path", "/lab/v2v"]).root_path == "/lab/v2v"  # → the settings'
+    with serve_in_thread(pipeline="cpu-effect", root_path="/lab/v2v") as server:
         # Scope's clients at the root are unaffected
         assert httpx.get(f"{server.url}/api/v1/pipeline/status", timeout=10).status_code == 200
         # the prefixed URLs reach the same routes (a proxy that keeps the prefix)
         prefixed = f"{server.url}/lab/v2v"
         assert httpx.get(f"{prefixed}/api/v1/pipelines/schemas", timeout=10).status_code == 200
+        # the configured root path wins over a proxy's header
+        page = httpx.get(f"{prefixed}/", headers={"X-Forwarded-Prefix": "/other"}, timeout=30)
+        assert urlsplit(_gradio_root(page.text)).path == "/lab/v2v"
         # an offer body over the limit is refused under the prefix too
         big = httpx.post(f"{prefixed}/api/v1/webrtc/offer", content=b"x" * (300 * 1024),
                          timeout=10)
@@ -82,7 +86,7 @@ def test_studio_streams_under_root_path(browser: Any) -> None:
         page = context.new_page()
         requests: list[str] = []
         errors: list[str] = []
-        page.on("request", lambda r: requests.append(r.url))
+        page.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
         page.on("console", lambda m: m.type == "error" and errors.append(m.text))
         try:
             page.goto(f"{prefixed}/")
@@ -92,8 +96,9 @@ def test_studio_streams_under_root_path(browser: Any) -> None:
             stop(page)
         finally:
             context.close()
-        ours = [u for u in requests if u.startswith(server.url)]
-        assert any(u.startswith(f"{prefixed}/api/v1/webrtc/offer") for u in ours)
-        stray = [u for u in ours if not u.startswith(f"{prefixed}/")]
+        ours = [r for r in requests if r.split(" ", 1)[1].startswith(server.url)]
+        assert f"POST {prefixed}/api/v1/webrtc/offer" in ours
+        assert f"PATCH {prefixed}/api/v1/webrtc/offer/{session}" in ours  # ICE candidates
+        stray = [r for r in ours if not r.split(" ", 1)[1].startswith(f"{prefixed}/")]
         assert stray == [], stray  # every call the page made went to the prefixed URLs
         assert session and errors == [], errors
