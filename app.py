@@ -201,11 +201,13 @@ def env_port(default: int = 8000) -> int:
 def serve_in_background(load_params: dict | None = None, **settings: Any) -> BackgroundServer:
     """Start the app on a daemon thread and return once it accepts connections.
 
-    In a notebook: `server = serve_in_background(pipeline="cpu-effect"); server.iframe()`.
-    (Gradio's `launch(inline=True)` cannot serve our FastAPI routes.) The port defaults to
-    GRADIO_SERVER_PORT / PORT / 8000. Running the cell again returns the server this process
-    already runs on that host and port when the settings are the same (sessions and the loaded
-    pipeline carry on), and restarts it when they differ."""
+    In a notebook: `server = serve_in_background(pipeline="cpu-effect"); server.iframe()`
+    (the frame goes through Colab's or Jupyter's proxy when the browser is elsewhere: see
+    `BackgroundServer.iframe`). `root_path="/prefix"` serves it under a prefix behind a proxy
+    of your own. (Gradio's `launch(inline=True)` cannot serve our FastAPI routes.) The port
+    defaults to GRADIO_SERVER_PORT / PORT / 8000. Running the cell again returns the server
+    this process already runs on that host and port when the settings are the same (sessions
+    and the loaded pipeline carry on), and restarts it when they differ."""
     settings.setdefault("port", env_port())
     config = ServerSettings(**settings)
     key = (config.host, config.port)
