@@ -79,6 +79,8 @@ def test_colab_without_a_url_is_a_clear_error(fake_colab: object,
 def test_without_colab_the_colab_branch_is_not_taken() -> None:
     assert "google.colab" not in sys.modules
     assert embed(8000, env={}, servers=[]).kind == "local"
+    with pytest.raises(RuntimeError, match="via='colab' needs Colab"):
+        embed(8000, via="colab", env={}, servers=[])
 
 
 def test_remote_kernel_over_ssh_says_how_to_forward() -> None:

@@ -87,7 +87,10 @@ def _colab_importable() -> bool:
 
 def colab_url(port: int) -> str:
     """Colab's public URL for a kernel port (its proxy runs on *.googleusercontent.com)."""
-    output = importlib.import_module("google.colab.output")
+    try:
+        output = importlib.import_module("google.colab.output")
+    except ImportError as exc:
+        raise RuntimeError("via='colab' needs Colab: google.colab is not importable") from exc
     url = output.eval_js(f"google.colab.kernel.proxyPort({int(port)})")
     if not isinstance(url, str) or not url.startswith("https://"):
         raise RuntimeError(f"Colab gave no URL for port {port}: {url!r}")
