@@ -90,7 +90,9 @@ def test_remote_kernel_over_ssh_says_how_to_forward() -> None:
     assert e.forward == "ssh -N -L 8000:localhost:8000 -p 2222 bob@192.168.1.20"
     html = StudioFrame(e)._repr_html_()
     assert e.forward in html and '<a href="http://localhost:8000/"' in html
-    assert "<iframe" in html  # the frame works once the port is forwarded
+    assert "<iframe" not in html  # it would stay blank until the port is forwarded
+    assert 'server.iframe(via="local")' in html
+    assert "<iframe" in StudioFrame(embed(8000, via="local", env=env))._repr_html_()
     assert "Forward the port first: ssh -N -L 8000:localhost:8000" in repr(StudioFrame(e))
     plain = embed(8000, env={"SSH_CONNECTION": "10.0.0.5 50022 192.168.1.20 22",
                              "USER": "bob"}, servers=[])

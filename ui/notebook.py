@@ -12,8 +12,8 @@
    On JupyterHub, when no server can be asked, `$JUPYTERHUB_SERVICE_PREFIX` + `proxy/{port}/`
    with `jupyter_server_proxy` importable.
 4. A remote kernel (`SSH_CONNECTION`/`SSH_CLIENT` set, or a VS Code remote: `VSCODE_*` with
-   `REMOTE_CONTAINERS`/`CODESPACES`/`SSH_*`): the localhost frame, above it the URL to forward
-   and the one-line `ssh -L` command.
+   `REMOTE_CONTAINERS`/`CODESPACES`): no frame (it would be blank), but the URL to forward and
+   the one-line `ssh -L` command; `via="local"` shows the frame once it is forwarded.
 5. Otherwise `http://localhost:PORT`.
 
 `via=` forces one of "colab", "jupyter", "remote", "local".
@@ -175,7 +175,7 @@ def ssh_forward(port: int, env: Mapping[str, str]) -> str:
 
 
 class StudioFrame:
-    """What a notebook cell shows: the frame, with the forwarding notice for remote kernels."""
+    """What a notebook cell shows: the frame, or for a remote kernel how to forward the port."""
 
     def __init__(self, embedding: Embedding, width: str | int = "100%",
                  height: int = 860, *, turn: bool = True) -> None:
@@ -212,18 +212,19 @@ class StudioFrame:
         if e.kind != "remote":
             return self._turn_hint() + frame
         port = e.src.rstrip("/").rsplit(":", 1)[-1]
+        link = html.escape(e.src)
+        # No frame: it would stay blank until the port is forwarded.
         return (
             '<div style="border:1px solid #f59e0b;border-radius:8px;padding:10px 14px;'
-            'margin-bottom:8px;font:14px/1.5 system-ui,sans-serif">'
-            f"<b>This kernel runs on another machine</b>: <code>{html.escape(e.src)}</code> is "
-            f"its localhost, not your browser's. Forward port {port} to your machine, then open "
-            f'<a href="{html.escape(e.src)}" target="_blank">{html.escape(e.src)}</a> '
-            "(or re-run this cell):<br>"
+            'font:14px/1.5 system-ui,sans-serif">'
+            f"<b>This kernel runs on another machine</b>: <code>{link}</code> is its "
+            f"localhost, not your browser's. Forward port {port} to your machine:<br>"
             f"<code>{html.escape(e.forward or '')}</code><br>"
-            "VS Code: the Ports view forwards it (it often does so by itself); if it picks "
-            "another local port, use that one. Video needs UDP to this machine, or a TURN "
-            "server (HF_TOKEN or TURN_URLS)."
-            f"</div>{frame}")
+            f'then open <a href="{link}" target="_blank">{link}</a>, or show the studio here '
+            "with <code>server.iframe(via=\"local\")</code>. VS Code: its Ports view forwards "
+            "the port (it often does so by itself); if it picks another local port, open that "
+            "one. Video needs UDP to this machine, or a TURN server (HF_TOKEN or TURN_URLS)."
+            "</div>")
 
     def __repr__(self) -> str:
         e = self.embedding
