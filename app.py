@@ -36,6 +36,7 @@ from signaling.prefix import ForwardedPrefixMiddleware
 from signaling.recording import RecordingLimits
 from signaling.routes import ApiContext, build_router
 from signaling.sessions import SessionRegistry
+from signaling.whip import EXPOSED_HEADERS
 from ui.blocks import MOUNT_OPTIONS, build_blocks
 from ui.notebook import StudioFrame, Via, embed
 from ui.routes import router as ui_router
@@ -109,7 +110,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
     app.add_middleware(OfferOutcomes, metrics=ctx.metrics)  # outside the limit: counts its 413s
     app.add_middleware(CORSMiddleware, allow_origin_regex=settings.cors_origin_regex(),
                        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-                       allow_headers=["*"], max_age=600)
+                       allow_headers=["*"], expose_headers=EXPOSED_HEADERS, max_age=600)
     # outermost, so that the others see the root path (FastAPI's own root_path is deprecated)
     app.add_middleware(ForwardedPrefixMiddleware, root_path=settings.root_path)
     # API routes first: Gradio's mount at "/" is a catch-all.

@@ -149,6 +149,81 @@ class LiveV2VClient:
         return response.json()
 
 
+class WhipWhepClient:
+    """A WHIP sender or WHEP viewer (RFC 9725 style: SDP bodies, `Location`, DELETE).
+
+        async with WhipWhepClient("http://127.0.0.1:8000") as whip:
+            await whip.publish(NumberedFrames(), {"prompt": "ink"})   # → whip.location
+        async with WhipWhepClient("http://127.0.0.1:8000") as whep:
+            await whep.play(session_id)                              # None: the latest ingest
+            frame = await whep.recv()
+    """
+
+    def __init__(self, base_url: str, *, api_key: str | None = None,
+                 timeout_s: float = 15.0) -> None:
+        release_frames_on_marker()
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, headers=headers)
+        self.pc = RTCPeerConnection()
+        self.location: str | None = None
+        self.remote: MediaStreamTrack | None = None
+        self._track_ready = asyncio.Event()
+
+        @self.pc.on("track")
+        def on_track(remote: MediaStreamTrack) -> None:
+            if remote.kind == "video":
+                self.remote = remote
+                self._track_ready.set()
+
+    async def __aenter__(self) -> WhipWhepClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def session_id(self) -> str | None:
+        """The WHIP session's id (for a viewer: its own id), the Location's last segment."""
+        return self.location.rsplit("/", 1)[-1] if self.location else None
+
+    async def publish(self, track: MediaStreamTrack,
+                      query: dict[str, Any] | None = None) -> httpx.Response:
+        """Send `track` to `POST /api/v1/whip` (sendonly)."""
+        self.pc.addTransceiver(track, direction="sendonly")
+        return await self._post("/api/v1/whip", query)
+
+    async def play(self, session_id: str | None = None) -> httpx.Response:
+        """Watch a session's output (`POST /api/v1/whep[/{session_id}]`, recvonly)."""
+        self.pc.addTransceiver("video", direction="recvonly")
+        path = "/api/v1/whep" + (f"/{session_id}" if session_id else "")
+        return await self._post(path, None)
+
+    async def _post(self, path: str, query: dict[str, Any] | None) -> httpx.Response:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        response = await self.http.post(path, params=query, content=self.pc.localDescription.sdp,
+                                        headers={"Content-Type": "application/sdp"})
+        if response.status_code != 201:
+            raise ApiError(response.status_code, response.json().get("detail"))
+        self.location = response.headers["location"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=response.text,
+                                                                 type="answer"))
+        return response
+
+    async def recv(self, timeout_s: float = 10.0) -> VideoFrame:
+        await asyncio.wait_for(self._track_ready.wait(), timeout_s)
+        assert self.remote is not None
+        return await asyncio.wait_for(self.remote.recv(), timeout_s)
+
+    async def stop(self) -> int:
+        """DELETE the resource; returns the status code."""
+        return (await self.http.delete(self.location)).status_code
+
+    async def close(self) -> None:
+        await self.pc.close()
+        await self.http.aclose()
+
+
 class ApiError(RuntimeError):
     def __init__(self, status: int, detail: Any) -> None:
         super().__init__(f"HTTP {status}: {detail}")

@@ -48,29 +48,33 @@ class LiveVp8Encoder(Vp8Encoder):
         return super().encode(frame, force_keyframe)
 
     def _open(self, width: int, height: int) -> VideoCodecContext:
-        bitrate = self.target_bitrate
-        codec = av.CodecContext.create("libvpx", "w")
-        codec.width, codec.height = width, height
-        codec.bit_rate = bitrate
-        codec.pix_fmt = "yuv420p"
-        codec.gop_size = 3000  # keyframes only when a receiver asks (PLI/FIR)
-        codec.qmin, codec.qmax = 2, 56
-        codec.options = {
-            "bufsize": str(bitrate),  # a 1 s rate-control buffer, as aiortc
-            "cpu-used": CPU_USED,
-            "deadline": "realtime",
-            "lag-in-frames": "0",
-            "minrate": str(bitrate),
-            "maxrate": str(bitrate),
-            "noise-sensitivity": "0",  # the input is clean: no temporal denoiser
-            "overshoot-pct": "15",
-            "partitions": "0",
-            "static-thresh": "1",
-            "undershoot-pct": "100",
-        }
-        codec.thread_count = number_of_threads(width * height, multiprocessing.cpu_count())
         self.opened += 1
-        return codec
+        return open_live_vp8(width, height, self.target_bitrate)
+
+
+def open_live_vp8(width: int, height: int, bitrate: int) -> VideoCodecContext:
+    """A libvpx encoder with the live-video options (also the WHEP viewers' shared encode)."""
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height = width, height
+    codec.bit_rate = bitrate
+    codec.pix_fmt = "yuv420p"
+    codec.gop_size = 3000  # keyframes only when a receiver asks (PLI/FIR)
+    codec.qmin, codec.qmax = 2, 56
+    codec.options = {
+        "bufsize": str(bitrate),  # a 1 s rate-control buffer, as aiortc
+        "cpu-used": CPU_USED,
+        "deadline": "realtime",
+        "lag-in-frames": "0",
+        "minrate": str(bitrate),
+        "maxrate": str(bitrate),
+        "noise-sensitivity": "0",  # the input is clean: no temporal denoiser
+        "overshoot-pct": "15",
+        "partitions": "0",
+        "static-thresh": "1",
+        "undershoot-pct": "100",
+    }
+    codec.thread_count = number_of_threads(width * height, multiprocessing.cpu_count())
+    return codec
 
 
 def _live_encoder(codec: RTCRtpCodecParameters) -> Encoder:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import ParameterUpdate, PipelineStatus
 
@@ -19,6 +19,20 @@ class OfferRequest(BaseModel):
     type: str = Field(description='Must be "offer".')
     initialParameters: ParameterUpdate | None = Field(
         default=None, description="Any data-channel parameters, applied before the first frame.")
+    watch: str | None = Field(default=None, max_length=128, description=(
+        "Set from `initialParameters.watch`: the id of a session whose output this (recvonly) "
+        "offer plays, as a WHEP viewer would; no pipeline stream of its own."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _take_watch(cls, data: Any) -> Any:
+        """`watch` travels inside `initialParameters` (where a Scope-style client puts what it
+        wants of the session) but is no pipeline parameter: lift it out."""
+        if isinstance(data, dict) and isinstance(data.get("initialParameters"), dict) \
+                and "watch" in data["initialParameters"]:
+            initial = dict(data["initialParameters"])
+            data = {**data, "watch": initial.pop("watch"), "initialParameters": initial or None}
+        return data
 
 
 class OfferResponse(BaseModel):

@@ -27,6 +27,10 @@ class OfferSummary:
     def client_sends_video(self) -> bool:
         return self.video_direction in ("sendrecv", "sendonly")
 
+    @property
+    def client_receives_video(self) -> bool:
+        return self.video_direction in ("sendrecv", "recvonly")
+
 
 def check_offer(sdp: str, sdp_type: str) -> OfferSummary:
     if sdp_type != "offer":

@@ -34,6 +34,7 @@ from pipeline import (
     UnsupportedModeError,
 )
 
+from .fanout import OutputFanout
 from .looplag import LoopLagProbe
 from .messages import (
     ErrorNotification,
@@ -65,8 +66,10 @@ class Session:
                  on_connected: Callable[[Session], None] | None = None,
                  recording: RecordingLimits | None = None, id_prefix: str = "",
                  client: str | None = None, ice_idle_s: float = 10.0,
-                 loop_lag: LoopLagProbe | None = None) -> None:
+                 loop_lag: LoopLagProbe | None = None, ingest: str = "offer") -> None:
         self.id = f"{id_prefix}{uuid.uuid4()}"  # the prefix names the front (--front-id)
+        self.ingest = ingest
+        """How the client came in: "offer" (Scope's offer API) or "whip" (RFC 9725)."""
         self.created = time.monotonic()
         self.client = client  # the remote address that sent the offer (per-client bounds)
         self.connected_at: float | None = None  # None while pending (offer answered, no ICE/DTLS)
@@ -83,7 +86,8 @@ class Session:
         self._on_closed = on_closed
         self.pc = RTCPeerConnection(configuration)
         self.output = PipelineTrack()
-        self.output.on_sent = self._record
+        self.output.on_sent = self._on_sent
+        self.fanout = OutputFanout()  # WHEP viewers of this session's output
         self.recording: Recording | None = None
         self._recording_limits = recording or RecordingLimits()
         self.stream: Stream | None = None
@@ -111,6 +115,10 @@ class Session:
         # The output is bound to the first video m-line, whatever its direction.
         self.pc.addTrack(self.output)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        if not offer.client_receives_video:
+            # Nobody pulls the output for this client (a WHIP sender): play it here, so that it
+            # is paced, recorded and seen by viewers as if it were sent.
+            self._spawn(self._play_unsent())
         self._spawn(self._watch_connect())
         if self._time_limit is not None:
             self._spawn(self._enforce_time_limit(self._time_limit))
@@ -160,11 +168,18 @@ class Session:
             if self.stream is not None:
                 self.stream.push(_input_frame(frame))
 
-    # --- server-side recording ---------------------------------------------------------------
+    async def _play_unsent(self) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await self.output.recv()  # `on_sent` sees each frame
 
-    def _record(self, frame: VideoFrame) -> None:
+    def _on_sent(self, frame: VideoFrame) -> None:
+        """Each output frame as it leaves: to the recording and to the WHEP viewers."""
         if self.recording is not None:
             self.recording.offer(frame)
+        self.fanout.offer(frame)
+
+    # --- server-side recording ---------------------------------------------------------------
 
     def start_recording(self) -> Recording:
         """Record what this session sends from now on (a running recording carries on; a
@@ -342,6 +357,7 @@ class Session:
             self.send(StreamStopped(error_message=error))
             await self._flush_channel()
         self.output.stop()
+        self.fanout.close()  # the viewers' tracks end; their peers close with them
         if self.recording is not None:
             await asyncio.to_thread(self.recording.discard)
         tasks = list(self._tasks)

@@ -21,6 +21,7 @@ from .looplag import LoopLagProbe
 from .recording import RecordingLimits
 from .sdp import check_offer
 from .session import Session
+from .viewer import Viewer
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,15 @@ class CapacityError(RuntimeError):
 
 class ClientLimitError(CapacityError):
     """This client already has too many offers waiting to connect."""
+
+
+class UnknownSessionError(LookupError):
+    """No live session by that id (or no live WHIP ingest to watch)."""
+
+
+MAX_VIEWERS_PER_SESSION = 16
+"""WHEP viewers of one session (they share its encode; each still costs packetization, SRTP
+and a peer connection's I/O on the event loop: benchmarks/whep.py)."""
 
 
 class SessionRegistry:
@@ -55,6 +65,7 @@ class SessionRegistry:
         self.loop_lag = loop_lag
         self.closed_counters: Counter[str] = Counter()  # frame totals of sessions gone
         self._sessions: dict[str, Session] = {}
+        self._viewers: dict[str, Viewer] = {}
 
     @property
     def max_sessions(self) -> int:
@@ -91,10 +102,54 @@ class SessionRegistry:
         """Sessions answered but not connected yet."""
         return [s for s in list(self._sessions.values()) if s.pending]
 
+    def peer(self, peer_id: str) -> Session | Viewer | None:
+        """A session or a WHEP viewer by id (trickle and DELETE work on both)."""
+        return self._sessions.get(peer_id) or self._viewers.get(peer_id)
+
+    def viewers(self) -> list[Viewer]:
+        return list(self._viewers.values())
+
+    def latest_ingest(self) -> Session | None:
+        """The most recent live WHIP ingest (what `POST /api/v1/whep` plays)."""
+        ingests = [s for s in self.live() if s.ingest == "whip"]
+        return max(ingests, key=lambda s: s.created) if ingests else None
+
+    async def watch(self, session_id: str | None, sdp: str, sdp_type: str,
+                    client: str | None = None) -> Viewer:
+        """Answer a receive-only offer with a viewer of `session_id`'s output (None: the latest
+        WHIP ingest). Raises SdpError, UnknownSessionError, CapacityError."""
+        summary = check_offer(sdp, sdp_type)
+        session = self.latest_ingest() if session_id is None else self.get(session_id)
+        if session is None or session.closing:
+            raise UnknownSessionError("No live WHIP ingest to watch." if session_id is None
+                                      else f"Session {session_id!r} not found or closed.")
+        if session.fanout.viewers >= MAX_VIEWERS_PER_SESSION:
+            raise CapacityError(f"Session {session.id} already has {MAX_VIEWERS_PER_SESSION} "
+                                "viewers; try again later.")
+        configuration = RTCConfiguration(iceServers=to_aiortc(await self.ice.servers()))
+        if session.closing:
+            raise UnknownSessionError(f"Session {session.id!r} closed.")
+        viewer = Viewer(session.fanout, configuration, watching=session.id,
+                        connect_timeout_s=self.connect_timeout_s, on_closed=self._forget_viewer,
+                        client=client)
+        self._viewers[viewer.id] = viewer
+        try:
+            await viewer.answer(sdp, summary)
+        except BaseException:
+            await viewer.close()
+            raise
+        log.info("viewer %s watches %s (%d viewers)", viewer.id, session.id,
+                 session.fanout.viewers)
+        return viewer
+
+    def _forget_viewer(self, viewer: Viewer) -> None:
+        self._viewers.pop(viewer.id, None)
+
     async def open(self, sdp: str, sdp_type: str, initial: ParameterUpdate | None,
-                   client: str | None = None) -> Session:
-        """Answer an offer from `client` (its address). Raises SdpError, CapacityError
-        (ClientLimitError for one client's excess) and the service's load errors."""
+                   client: str | None = None, *, ingest: str = "offer") -> Session:
+        """Answer an offer from `client` (its address); `ingest` says how it came ("offer",
+        "whip"). Raises SdpError, CapacityError (ClientLimitError for one client's excess) and
+        the service's load errors."""
         summary = check_offer(sdp, sdp_type)
         self._check_capacity(client)
         configuration = RTCConfiguration(iceServers=to_aiortc(await self.ice.servers()))
@@ -103,7 +158,7 @@ class SessionRegistry:
                           time_limit_s=self.time_limit_s, on_closed=self._forget,
                           on_connected=self._admit, recording=self.recording_limits,
                           id_prefix=self.id_prefix, client=client, ice_idle_s=self.ice_idle_s,
-                          loop_lag=self.loop_lag)
+                          loop_lag=self.loop_lag, ingest=ingest)
         self._sessions[session.id] = session
         try:
             await session.answer(sdp, summary, initial)
@@ -153,3 +208,4 @@ class SessionRegistry:
     async def close_all(self, reason: str | None) -> None:
         sessions = list(self._sessions.values())
         await asyncio.gather(*(s.close(reason) for s in sessions), return_exceptions=True)
+        await asyncio.gather(*(v.close() for v in self.viewers()), return_exceptions=True)

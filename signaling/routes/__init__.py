@@ -23,6 +23,8 @@ from . import (
     recordings,
     session,
     webrtc,
+    whep,
+    whip,
     workflow,
 )
 from .context import ApiContext
@@ -42,6 +44,8 @@ API_MODULES = [  # one per line: several people add modules here
     hardware,
     logs,
     osc,
+    whip,
+    whep,
     not_here,
 ]
 

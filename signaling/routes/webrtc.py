@@ -9,7 +9,7 @@ from pipeline import LoadingError, NotLoadedError, UnsupportedModeError
 from ..ice import IceServersResponse
 from ..models import CandidatesRequest, OfferRequest, OfferResponse
 from ..sdp import SdpError
-from ..sessions import CapacityError, ClientLimitError
+from ..sessions import CapacityError, ClientLimitError, UnknownSessionError
 from .context import RETRY_AFTER_S, ApiContext
 
 
@@ -21,9 +21,12 @@ def router(ctx: ApiContext) -> APIRouter:
     async def ice_servers() -> IceServersResponse:
         return IceServersResponse(iceServers=await ctx.ice.servers())
 
-    @api.post("/offer", response_model=OfferResponse, responses={400: {}, 429: {}, 503: {}})
+    @api.post("/offer", response_model=OfferResponse,
+              responses={400: {}, 404: {}, 429: {}, 503: {}})
     async def offer(body: OfferRequest, request: Request) -> OfferResponse:
         client = request.client.host if request.client else None
+        if body.watch is not None:
+            return await watch(body, client)
         try:
             session = await sessions.open(body.sdp, body.type, body.initialParameters, client)
         except (SdpError, NotLoadedError, UnsupportedModeError) as exc:
@@ -37,9 +40,23 @@ def router(ctx: ApiContext) -> APIRouter:
         answer = session.pc.localDescription
         return OfferResponse(sdp=answer.sdp, sessionId=session.id)
 
+    async def watch(body: OfferRequest, client: str | None) -> OfferResponse:
+        """A recvonly offer watching another session: the same viewer as WHEP's."""
+        try:
+            viewer = await sessions.watch(body.watch, body.sdp, body.type, client)
+        except SdpError as exc:
+            raise HTTPException(400, str(exc)) from None
+        except UnknownSessionError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except CapacityError as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
+        except ValueError as exc:
+            raise HTTPException(400, f"Unsupported offer: {exc}") from None
+        return OfferResponse(sdp=viewer.pc.localDescription.sdp, sessionId=viewer.id)
+
     @api.patch("/offer/{session_id}", status_code=204, responses={400: {}, 404: {}})
     async def add_candidates(session_id: str, body: CandidatesRequest) -> Response:
-        session = sessions.get(session_id)
+        session = sessions.peer(session_id)  # a session or a viewer
         if session is None or session.closed.is_set():
             raise HTTPException(404, f"Session {session_id!r} not found or closed.")
         try:
@@ -50,9 +67,9 @@ def router(ctx: ApiContext) -> APIRouter:
 
     @api.delete("/offer/{session_id}", status_code=204)
     async def close_session(session_id: str) -> Response:
-        session = sessions.get(session_id)
-        if session is not None:
-            await session.close(None)
+        peer = sessions.peer(session_id)
+        if peer is not None:
+            await peer.close()
         return Response(status_code=204)
 
     return api
