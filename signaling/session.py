@@ -34,6 +34,7 @@ from pipeline import (
     UnsupportedModeError,
 )
 
+from .dtls import answer_as_dtls_server
 from .fanout import OutputFanout
 from .looplag import LoopLagProbe
 from .messages import (
@@ -114,6 +115,8 @@ class Session:
                                                 initial=initial, held=True)
         # The output is bound to the first video m-line, whatever its direction.
         self.pc.addTrack(self.output)
+        if self.ingest == "whip":
+            answer_as_dtls_server(self.pc)  # GStreamer's RSA certificate (signaling.dtls)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         if not offer.client_receives_video:
             # Nobody pulls the output for this client (a WHIP sender): play it here, so that it

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
+from .dtls import answer_as_dtls_server
 from .fanout import OutputFanout, ViewerTrack
 from .models import IceCandidateModel
 from .sdp import OfferSummary, SdpError, parse_candidate
@@ -64,6 +65,7 @@ class Viewer:
         transceiver.sender.replaceTrack(self.track)
         transceiver.direction = "sendonly"
         self._fanout.watch_keyframe_requests(transceiver.sender)
+        answer_as_dtls_server(self.pc)  # GStreamer's RSA certificate (signaling.dtls)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._timer = self._loop.create_task(self._watch_connect())
         del offer  # the direction does not matter: a viewer only ever sends
