@@ -22,12 +22,30 @@ fi
 echo "== installing requirements-dev.txt"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+APT_UPDATED=""
+apt_install() {  # Debian packages the tests drive (once; several engineers may share apt)
+    if [ -z "$APT_UPDATED" ]; then
+        flock /tmp/apt.lock $SUDO apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive flock /tmp/apt.lock $SUDO apt-get install -y -qq "$@" >/dev/null
+}
 if [ ! -x /usr/bin/chromium ]; then
     echo "== installing Debian chromium (browser tests)"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+    apt_install chromium
+fi
+# Third-party WHIP/WHEP clients (tests/test_whip_clients.py): GStreamer's webrtcbin for the
+# system python, and Debian's simple-whip-client (it aborts on Debian 12; the test says so).
+GST_PACKAGES="python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice
+    gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+    simple-whip-client"
+# shellcheck disable=SC2086
+if ! dpkg -s $GST_PACKAGES >/dev/null 2>&1; then
+    echo "== installing GStreamer webrtcbin and simple-whip-client (WHIP/WHEP client tests)"
+    # shellcheck disable=SC2086
+    apt_install $GST_PACKAGES
 fi
 
 echo "== ruff"
