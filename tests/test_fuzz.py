@@ -19,6 +19,9 @@ from signaling.messages import MessageError, parse_update
 from signaling.sdp import SdpError, check_offer, parse_candidate
 from tests.conftest import Server, serve_in_thread
 
+# WHIP/WHEP bodies are SDP text: generated as strings, sent as they are.
+schemathesis.serializer.alias("application/sdp", "text/plain")
+
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 json_values = st.recursive(
@@ -145,3 +148,102 @@ def test_the_api_conforms_to_its_own_openapi_schema(server: Server) -> None:
         check()
         checked += 1
     assert checked >= 20
+
+
+# --- WHIP / WHEP ------------------------------------------------------------------------------
+
+SAMPLE_OFFER = """v=0\r
+o=- 1 1 IN IP4 0.0.0.0\r
+s=-\r
+t=0 0\r
+a=group:BUNDLE 0 1\r
+a=msid-semantic:WMS *\r
+m=video 9 UDP/TLS/RTP/SAVPF 96 102\r
+c=IN IP4 0.0.0.0\r
+a=sendonly\r
+a=mid:0\r
+a=rtcp-mux\r
+a=rtpmap:96 VP8/90000\r
+a=rtcp-fb:96 nack pli\r
+a=rtpmap:102 H264/90000\r
+a=fmtp:102 packetization-mode=1;profile-level-id=42e01f;level-asymmetry-allowed=1\r
+a=ice-ufrag:abcd\r
+a=ice-pwd:abcdefghijklmnopqrstuvwx\r
+{fingerprint}\r
+a=setup:actpass\r
+a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r
+c=IN IP4 0.0.0.0\r
+a=sendonly\r
+a=mid:1\r
+a=rtcp-mux\r
+a=rtpmap:111 opus/48000/2\r
+a=ice-ufrag:abcd\r
+a=ice-pwd:abcdefghijklmnopqrstuvwx\r
+{fingerprint}\r
+a=setup:actpass\r
+""".format(fingerprint="a=fingerprint:sha-256 " + ":".join(["00", "11", "AA", "FF"] * 8))
+OFFER_LINES = SAMPLE_OFFER.split("\r\n")
+
+
+@st.composite
+def mangled_offers(draw: st.DrawFn) -> str:
+    """The sample offer with lines dropped, repeated, cut or replaced by junk."""
+    lines = list(OFFER_LINES)
+    for _ in range(draw(st.integers(0, 6))):
+        i = draw(st.integers(0, len(lines) - 1))
+        action = draw(st.sampled_from(["drop", "repeat", "cut", "junk"]))
+        if action == "drop":
+            lines.pop(i)
+        elif action == "repeat":
+            lines.insert(i, lines[i])
+        elif action == "cut":
+            lines[i] = lines[i][: draw(st.integers(0, len(lines[i])))]
+        else:
+            lines[i] = draw(st.text(max_size=60))
+        if not lines:
+            lines = [""]
+    return "\r\n".join(lines)
+
+
+WHIP_ROUTES = [("POST", "/api/v1/whip"), ("POST", "/api/v1/whep"), ("POST", "/api/v1/whep/x"),
+               ("PATCH", "/api/v1/whip/x"), ("PATCH", "/api/v1/whep/x/y"),
+               ("DELETE", "/api/v1/whip/x"), ("DELETE", "/api/v1/whep/x/y"),
+               ("OPTIONS", "/api/v1/whip"), ("OPTIONS", "/api/v1/whep/x"),
+               ("GET", "/api/v1/whip"), ("PUT", "/api/v1/whep/x/y")]
+CONTENT_TYPES = ["application/sdp", "application/trickle-ice-sdpfrag", "application/json",
+                 "text/plain", "application/sdp; charset=utf-8", "", "application/SDP"]
+
+
+@FUZZ
+@given(route=st.sampled_from(WHIP_ROUTES), content_type=st.sampled_from(CONTENT_TYPES),
+       body=mangled_offers() | st.binary(max_size=500).map(lambda b: b.decode("latin-1"))
+       | st.just("a=end-of-candidates\r\n"), query=st.dictionaries(
+           st.sampled_from(["prompt", "noise_scale", "seed", "paused", "bogus", "prompts"]),
+           st.text(max_size=12), max_size=3))
+def test_whip_and_whep_routes_answer_4xx_never_5xx(server: Server, route: tuple[str, str],
+                                                   content_type: str, body: str,
+                                                   query: dict[str, str]) -> None:
+    method, path = route
+    headers = {"content-type": content_type} if content_type else {}
+    r = httpx.request(method, server.url + path, params=query, headers=headers,
+                      content=body.encode("utf-8", "surrogatepass"), timeout=20)
+    assert r.status_code < 500, r.text
+    if r.status_code == 201:  # a mangled offer that still works: answer is SDP; end it
+        assert r.text.startswith("v=0") and r.headers["location"]
+        assert httpx.delete(server.url + r.headers["location"], timeout=20).status_code == 200
+    elif r.status_code >= 400:
+        assert "detail" in r.json(), r.text
+
+
+def test_huge_and_unknown_whip_requests_are_4xx(server: Server) -> None:
+    huge = SAMPLE_OFFER + "a=x-junk:" + "y" * 70_000 + "\r\n"
+    sdp = {"content-type": "application/sdp"}
+    assert httpx.post(f"{server.url}/api/v1/whip", content=huge, headers=sdp,
+                      timeout=20).status_code == 413
+    assert httpx.post(f"{server.url}/api/v1/whip", content=b"x" * 400_000, headers=sdp,
+                      timeout=20).status_code == 413  # the server-wide body limit
+    assert httpx.post(f"{server.url}/api/v1/whep/{'z' * 5000}", content=SAMPLE_OFFER,
+                      headers=sdp, timeout=20).status_code in (400, 404)
+    assert httpx.post(f"{server.url}/api/v1/whip", content=b"\xff\xfe", headers=sdp,
+                      timeout=20).status_code == 400
