@@ -24,6 +24,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from pipeline import LocalPathPolicy, PipelineService
 from signaling.config import ServerSettings
+from signaling.consent import end_consent_checks_on_close
 from signaling.encoder import encode_at_low_priority, use_live_encoder
 from signaling.errors import install_error_handlers
 from signaling.ice import IceServerProvider, is_loopback_host
@@ -73,6 +74,7 @@ def create_app(settings: ServerSettings, load_params: dict | None = None) -> Fas
                                settings.max_pending_per_client,
                                ice_idle_s=settings.ice_idle_timeout_s, loop_lag=loop_lag)
     release_frames_on_marker()  # one frame interval less latency per received frame
+    end_consent_checks_on_close()  # no consent task left behind by a close during ICE
     use_live_encoder()  # VP8 settings for clean live video: half the encoder's CPU
     if local:
         offer_loopback_candidates()

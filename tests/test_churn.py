@@ -4,6 +4,7 @@ server leave no sessions, streams, tasks, threads or file descriptors behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import sys
@@ -12,8 +13,9 @@ import time
 
 import httpx
 from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
 
-from signaling.client import LiveV2VClient, NumberedFrames
+from signaling.client import LiveV2VClient, NumberedFrames, WhipWhepClient
 from tests.conftest import ROOT, serve_in_thread
 
 SESSIONS = int(os.environ.get("CHURN_SESSIONS", "200"))
@@ -159,3 +161,73 @@ async def test_a_killed_client_is_detected_and_freed() -> None:
         killed = time.monotonic()
         await wait_empty(sessions, server.app.state.service, timeout_s=90)
     print(f"\nkilled client freed after {time.monotonic() - killed:.0f} s")
+
+
+WHIP_INGESTS = int(os.environ.get("WHIP_CHURN_INGESTS", "24"))
+
+
+async def one_ingest(url: str, i: int) -> str:
+    """A WHIP ingest with 0–3 WHEP viewers, ended one of three ways."""
+    kind = ("polite", "abrupt", "producer-first")[i % 3]
+    viewers = [WhipWhepClient(url) for _ in range(i % 4)]
+    whip = WhipWhepClient(url)
+    try:
+        await whip.publish(NumberedFrames(size=64, fps=30))
+        for viewer in viewers:
+            await viewer.play(whip.session_id)
+        for viewer in viewers:
+            await viewer.recv(timeout_s=CONNECT_TIMEOUT_S + 30)
+        if kind == "polite":
+            for viewer in viewers:
+                assert await viewer.stop() == 200
+            assert await whip.stop() == 200
+        elif kind == "producer-first":
+            assert await whip.stop() == 200  # the server closes the viewers
+            for viewer in viewers:
+                with contextlib.suppress(MediaStreamError, TimeoutError):
+                    for _ in range(100):
+                        await asyncio.wait_for(viewer.remote.recv(), 10)
+        # abrupt: every peer just closes (DTLS goodbye, no DELETE)
+    finally:
+        for client in (*viewers, whip):
+            await client.close()
+    return kind
+
+
+async def test_whip_whep_churn_leaks_nothing() -> None:
+    with serve_in_thread(pipeline="passthrough", connect_timeout_s=CONNECT_TIMEOUT_S,
+                         max_sessions=WHIP_INGESTS) as server:
+        sessions = server.app.state.sessions
+        service = server.app.state.service
+
+        async def churn_ingests() -> dict[str, int]:
+            counts = {"polite": 0, "abrupt": 0, "producer-first": 0}
+            semaphore = asyncio.Semaphore(4)
+
+            async def run(i: int) -> None:
+                async with semaphore:
+                    counts[await one_ingest(server.url, i)] += 1
+
+            await asyncio.gather(*(run(i) for i in range(WHIP_INGESTS)))
+            return counts
+
+        async def all_gone() -> None:
+            await wait_empty(sessions, service)
+            deadline = time.monotonic() + 30
+            while sessions.viewers():
+                assert time.monotonic() < deadline, f"{len(sessions.viewers())} viewers left"
+                await asyncio.sleep(0.1)
+
+        await churn_ingests()  # warm-up round fills pools and caches
+        await all_gone()
+        loop = await server_loop(server.url, sessions)
+        base = (threading.active_count(), open_fds(), await server_tasks(loop))
+        counts = await churn_ingests()
+        await all_gone()
+        after = await settled(base, loop)
+    print(f"\nWHIP/WHEP churn: {WHIP_INGESTS} ingests {counts}; threads/fds/tasks "
+          f"{base} -> {after}")
+    assert sum(counts.values()) == WHIP_INGESTS
+    assert after[0] <= base[0] + 2, "threads leaked"
+    assert after[1] <= base[1] + 10, "file descriptors leaked"
+    assert after[2] <= base[2] + 2, "tasks leaked"
