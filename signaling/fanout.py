@@ -27,6 +27,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 from av.packet import Packet
 from av.video.codeccontext import VideoCodecContext
+from av.video.reformatter import VideoReformatter
 
 from .encoder import open_live_vp8
 
@@ -92,6 +93,7 @@ class OutputFanout:
         self._bitrate = bitrate
         self._tracks: list[ViewerTrack] = []
         self._codec: VideoCodecContext | None = None
+        self._reformatter = VideoReformatter()
         self._next: VideoFrame | None = None
         self._encoding = False
         self._keyframe = False
@@ -159,8 +161,9 @@ class OutputFanout:
 
     def _encode(self, frame: VideoFrame, keyframe: bool) -> list[Packet]:
         """On the executor (one encode at a time: `_encoding` guards it)."""
-        if frame.format.name != "yuv420p":
-            frame = frame.reformat(format="yuv420p")
+        # Our own converter: `frame.reformat()` would use the frame's cached one, which the
+        # session's own encoder may be using on another thread for the same frame (a crash).
+        frame = self._reformatter.reformat(frame, format="yuv420p")
         codec = self._codec
         if codec is None or codec.width != frame.width or codec.height != frame.height:
             codec = self._codec = open_live_vp8(frame.width, frame.height, self._bitrate)

@@ -23,6 +23,7 @@ import pytest
 from pythonosc.udp_client import SimpleUDPClient
 
 from tests.conftest import OUTPUT, Server, serve_process
+from tests.gst_clients import gst_play, require_gstreamer
 
 # The module's first test also waits for `python app.py` and Chromium to start: minutes on a
 # busy machine.
@@ -311,6 +312,37 @@ def test_webcam_stream_steer_snapshot_record_stop(studio: Studio, server: Server
                            json={"candidates": []}, timeout=5)
     assert response.status_code == 404
     assert studio.js(f"() => document.querySelector('{OUT}').srcObject") is None
+    assert studio.errors == []
+
+
+def test_whep_and_whip_links_of_the_running_session(studio: Studio, server: Server) -> None:
+    """The studio shows the session's WHEP URL (copyable) and the WHIP URL for OBS; the WHEP
+    URL plays the session's output in a third-party player (GStreamer)."""
+    # Granted before the stream starts: a grant replaces the context's permissions (camera too).
+    studio.page.context.grant_permissions(["camera", "microphone", "clipboard-read",
+                                           "clipboard-write"])
+    studio.open()
+    page = studio.page
+    assert page.locator('[data-role="whip-url"]').inner_text() == f"{server.url}/api/v1/whip"
+    assert page.locator('[data-copy="whep-url"]').is_disabled()  # no session yet
+    studio.start()
+    studio.assert_frames_grow(OUT)
+    session_id = studio.js("() => window.liveV2V.client.sessionId")
+    whep = page.locator('[data-role="whep-url"]').inner_text()
+    assert whep == f"{server.url}/api/v1/whep/{session_id}"
+    page.locator('[data-copy="whep-url"]').click()
+    assert page.evaluate("navigator.clipboard.readText()") == whep
+    studio.screenshot("ui-links.png")
+    require_gstreamer()
+    player = gst_play(whep, "--report", "3")
+    try:
+        frames = [player.wait_event(lambda e: e.get("event") == "frame", 30) for _ in range(3)]
+    finally:
+        player.stop()
+    assert frames[-1]["size"] == [512, 512]
+    page.click('[data-action="start"]')  # Stop
+    studio.wait("() => window.liveV2V.client.state === 'idle'")
+    assert page.locator('[data-copy="whep-url"]').is_disabled()
     assert studio.errors == []
 
 

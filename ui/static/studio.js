@@ -190,8 +190,41 @@ class Studio {
       "reset-cache": () => this.sendNow({ reset_cache: true }),
       load: () => this.loadPipeline(),
       dismiss: () => this.hideNotice(),
+      copy: () => this.copyLink(button),
     };
     if (handlers[action]) handlers[action]();
+  }
+
+  // --- WHIP / WHEP links (docs/production.md) ------------------------------------------------
+
+  /** The session's WHEP URL (its output, for OBS or any WHEP player) and the WHIP URL to send
+   * video in from OBS or GStreamer. */
+  renderLinks(sessionId) {
+    const whep = this.$("whep-url");
+    const whepUrl = sessionId ? this.client.url(`api/v1/whep/${encodeURIComponent(sessionId)}`) : null;
+    whep.textContent = whepUrl || "start a session first";
+    whep.title = whepUrl || "";
+    this.root.querySelector('[data-copy="whep-url"]').disabled = !whepUrl;
+    const whip = this.$("whip-url");
+    whip.textContent = this.client.url("api/v1/whip");
+    whip.title = "Query parameters set the first prompt, e.g. ?prompt=an+oil+painting";
+  }
+
+  async copyLink(button) {
+    const text = this.$(button.dataset.copy).textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+      button.textContent = "Copied";
+    } catch {
+      // No clipboard (an http page on another host): select the text for Ctrl+C instead.
+      const range = document.createRange();
+      range.selectNodeContents(this.$(button.dataset.copy));
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      button.textContent = "Press Ctrl+C";
+    }
+    setTimeout(() => { button.textContent = "Copy"; }, 1500);
   }
 
   // --- pipeline ------------------------------------------------------------------------------
@@ -691,6 +724,7 @@ class Studio {
     const session = this.root.querySelector('[data-stat="session"]');
     session.textContent = this.client.sessionId ? this.client.sessionId.slice(0, 8) : "not connected";
     session.title = this.client.sessionId || "";
+    this.renderLinks(state === "connected" ? this.client.sessionId : null);
     if (state === "connected") {
       // Whatever the page showed about the stop (the stop notice, or a load failure that came
       // in while reconnecting) is over now: say so.
