@@ -88,6 +88,16 @@ class _StateCollector(Collector):
         states.add_metric(["pending"], len(sessions.pending()))
         states.add_metric(["connected"], len(sessions.connected()))
         yield states
+        ingests = GaugeMetricFamily(f"{PREFIX}_sessions_by_ingest", "Live sessions by how they "
+                                    "came in: offer (Scope's API) or whip", labels=["ingest"])
+        live = sessions.live()
+        for ingest in ("offer", "whip"):
+            ingests.add_metric([ingest], sum(1 for s in live if s.ingest == ingest))
+        yield ingests
+        viewers = GaugeMetricFamily(f"{PREFIX}_whep_viewers", "WHEP viewers (receive-only "
+                                    "peers playing a session's output)")
+        viewers.add_metric([], len(sessions.viewers()))
+        yield viewers
         limits = GaugeMetricFamily(f"{PREFIX}_sessions_limit", "Bound on sessions by state",
                                    labels=["state"])
         limits.add_metric(["pending"], sessions.max_pending)
