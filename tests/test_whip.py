@@ -202,3 +202,20 @@ def test_whip_needs_the_api_key_and_refuses_when_full() -> None:
                 assert r.status_code == 503 and r.headers["retry-after"]
 
         asyncio.run(run())
+
+
+async def test_osc_steers_a_whip_ingest_seen_through_whep(server: Server) -> None:
+    """A WHIP ingest is a session like any other: an OSC prompt to its id reaches it."""
+    from pythonosc.udp_client import SimpleUDPClient
+
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        status = (await http.get("/api/v1/osc/status")).json()
+    assert status["listening"], status
+    osc = SimpleUDPClient(status["host"], status["port"])
+    async with WhipWhepClient(server.url) as whip, WhipWhepClient(server.url) as viewer:
+        await whip.publish(NumberedFrames(size=128, fps=20, tint=LIGHT),
+                           {**RED, "prompt": "blue"})
+        await viewer.play(whip.session_id)
+        await frame_where(viewer, lambda f: redness(f) < -60)  # blue
+        osc.send_message(f"/livev2v/{whip.session_id}/prompt", "red")
+        await frame_where(viewer, lambda f: redness(f) > 60)
