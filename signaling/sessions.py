@@ -118,7 +118,7 @@ class SessionRegistry:
                     client: str | None = None) -> Viewer:
         """Answer a receive-only offer with a viewer of `session_id`'s output (None: the latest
         WHIP ingest). Raises SdpError, UnknownSessionError, CapacityError."""
-        summary = check_offer(sdp, sdp_type)
+        check_offer(sdp, sdp_type)
         session = self.latest_ingest() if session_id is None else self.get(session_id)
         if session is None or session.closing:
             raise UnknownSessionError("No live WHIP ingest to watch." if session_id is None
@@ -134,7 +134,7 @@ class SessionRegistry:
                         client=client)
         self._viewers[viewer.id] = viewer
         try:
-            await viewer.answer(sdp, summary)
+            await viewer.answer(sdp)
         except BaseException:
             await viewer.close()
             raise

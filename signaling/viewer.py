@@ -20,7 +20,7 @@ from aiortc.sdp import SessionDescription
 from .dtls import answer_as_dtls_server
 from .fanout import OutputFanout, ViewerTrack
 from .models import IceCandidateModel
-from .sdp import OfferSummary, SdpError, parse_candidate
+from .sdp import SdpError, parse_candidate
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,10 @@ class Viewer:
         self.closed = asyncio.Event()
         self.pc.on("connectionstatechange", self._on_connection_state)
 
-    async def answer(self, sdp: str, offer: OfferSummary) -> RTCSessionDescription:
-        """Apply a (receive-only) offer and return the complete answer. Raises SdpError when the
-        offer cannot receive VP8 (the shared encode's codec)."""
+    async def answer(self, sdp: str) -> RTCSessionDescription:
+        """Apply a checked offer (`check_offer`; its direction does not matter: a viewer only
+        sends) and return the complete answer. Raises SdpError when the offer cannot receive
+        VP8 (the shared encode's codec)."""
         if not _offers_vp8(sdp):
             raise SdpError("the offer's video m-line does not list VP8, the codec WHEP "
                            "playback sends")
@@ -68,7 +69,6 @@ class Viewer:
         answer_as_dtls_server(self.pc)  # GStreamer's RSA certificate (signaling.dtls)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._timer = self._loop.create_task(self._watch_connect())
-        del offer  # the direction does not matter: a viewer only ever sends
         return self.pc.localDescription
 
     async def add_candidates(self, candidates: list[IceCandidateModel]) -> None:

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiortc import RTCPeerConnection
-from aiortc.sdp import SessionDescription
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from pipeline import ParameterUpdate
@@ -146,13 +145,6 @@ def parse_sdpfrag(text: str) -> SdpFragment:
             frag.end_of_candidates = True
     return frag
 
-
-def offered_kinds(sdp: str) -> list[str]:
-    """The media kinds of an offer, in order (for the logs: audio is accepted and ignored)."""
-    try:
-        return [m.kind for m in SessionDescription.parse(sdp).media]
-    except Exception:  # noqa: BLE001 - check_offer has reported it already
-        return []
 
 
 class Peer(Protocol):

@@ -13,6 +13,9 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from signaling.client import ApiError, LiveV2VClient, NumberedFrames, WhipWhepClient
+from signaling.ice import IceServer
+from signaling.messages import MessageError
+from signaling.whip import link_headers, parse_sdpfrag, query_parameters
 from tests.conftest import Server, serve_in_thread
 
 LIGHT = (220, 220, 220)  # the effect maps brightness to the palette: bright shows it best
@@ -219,3 +222,42 @@ async def test_osc_steers_a_whip_ingest_seen_through_whep(server: Server) -> Non
         await frame_where(viewer, lambda f: redness(f) < -60)  # blue
         osc.send_message(f"/livev2v/{whip.session_id}/prompt", "red")
         await frame_where(viewer, lambda f: redness(f) > 60)
+
+
+def test_ice_servers_become_link_headers() -> None:
+    links = link_headers([IceServer(urls="stun:stun.example.net:3478"),
+                          IceServer(urls=["turn:t.example.net?transport=udp",
+                                          "turns:t.example.net:443"],
+                                    username="u", credential='p"w')])
+    assert links == [
+        '<stun:stun.example.net:3478>; rel="ice-server"',
+        '<turn:t.example.net?transport=udp>; rel="ice-server"; username="u"; '
+        'credential="p\\"w"; credential-type="password"',
+        '<turns:t.example.net:443>; rel="ice-server"; username="u"; credential="p\\"w"; '
+        'credential-type="password"']
+
+
+def test_query_parameters_are_validated_like_channel_messages() -> None:
+    update = query_parameters([("prompt", "ink wash"), ("noise_scale", "0.25"),
+                               ("denoising_step_list", "[700,500]"), ("paused", "false")])
+    assert update.given() == {"prompts": [{"text": "ink wash", "weight": 1.0}],
+                              "noise_scale": 0.25, "denoising_step_list": [700, 500],
+                              "paused": False}
+    assert query_parameters([]) is None
+    for bad in ([("noise_scale", "NaN")], [("noise_scale", "2")], [("seed", "-1")],
+                [("prompt", "a"), ("prompt", "b")], [("nope", "1")],
+                [("denoising_step_list", "[500,700]")]):
+        with pytest.raises(MessageError):
+            query_parameters(bad)
+
+
+def test_sdpfrag_parsing() -> None:
+    frag = parse_sdpfrag("a=ice-ufrag:EsAw\r\na=ice-pwd:P2uYro0UCOQ4zxjKXaWCBui1\r\n"
+                         "m=audio 9 RTP/AVP 0\r\na=mid:0\r\n"
+                         "a=candidate:1 1 udp 2130706431 10.0.0.1 5000 typ host\r\n"
+                         "a=end-of-candidates\r\n")
+    assert (frag.ufrag, frag.pwd, frag.end_of_candidates) == ("EsAw", "P2uYro0UCOQ4zxjKXaWCBui1",
+                                                              True)
+    assert [(c.candidate[:11], c.sdpMid) for c in frag.candidates] == [("candidate:1", "0")]
+    with pytest.raises(ValueError, match="not an SDP line"):
+        parse_sdpfrag("garbage")
