@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from pipeline import LocalPathPolicy, PipelineService
+from pipeline import LocalPathPolicy, LoraFolder, PipelineService
 from signaling.config import ServerSettings
 from signaling.consent import end_consent_checks_on_close
 from signaling.encoder import encode_at_low_priority, use_live_encoder
@@ -60,8 +60,9 @@ def default_pipeline() -> str:
 
 def create_app(settings: ServerSettings, load_params: dict | None = None) -> FastAPI:
     local = is_loopback_host(settings.host)
-    service = build_service(settings, LocalPathPolicy(allow_any=local,
-                                                      models_dir=settings.models_dir))
+    policy = LocalPathPolicy(allow_any=local, models_dir=settings.models_dir)
+    service = build_service(settings, policy)
+    service.lora_folder = LoraFolder(settings.lora_folder(), policy)
     ice = IceServerProvider(host=settings.host)
     loop_lag = LoopLagProbe()
     sessions = SessionRegistry(service, ice, max_sessions=settings.max_sessions,
@@ -287,6 +288,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "default: $LIVEV2V_DATA_DIR or ~/.local/share/livev2v")
     parser.add_argument("--assets-dir", type=Path, default=None,
                         help="folder of uploaded reference images (default: DATA_DIR/assets)")
+    parser.add_argument("--lora-dir", type=Path, default=None,
+                        help="folder of LoRA files: load_params.loras names files in it, "
+                             "/api/v1/loras lists and installs them (default: DATA_DIR/loras)")
+    parser.add_argument("--lora-max-mb", type=float, default=2048.0,
+                        help="largest LoRA file an install downloads (default 2048 MB)")
     parser.add_argument("--asset-max-mb", type=float, default=20.0,
                         help="largest image upload (default 20 MB)")
     parser.add_argument("--recording-max-seconds", type=float, default=600.0,
@@ -358,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         root_path=args.root_path, api_key=args.api_key, models_dir=args.models_dir,
         data_dir=args.data_dir,
         assets_dir=args.assets_dir, asset_max_bytes=int(args.asset_max_mb * 1024 * 1024),
+        lora_dir=args.lora_dir, lora_max_bytes=int(args.lora_max_mb * 1024 * 1024),
         recording=RecordingLimits(max_seconds=args.recording_max_seconds,
                                   max_bytes=int(args.recording_max_mb * 1024 * 1024)),
         front_id=args.front_id,

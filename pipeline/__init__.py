@@ -7,7 +7,15 @@ downloads, assets, paths, hardware). docs/architecture.md draws the arrows betwe
 
 from . import models  # noqa: F401 - registers the built-in pipelines
 from .base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
-from .errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
+from .errors import (
+    LoadingError,
+    LoadInProgressError,
+    LoraScaleError,
+    NotLoadedError,
+    ParameterRejectedError,
+    UnsupportedModeError,
+)
+from .loras import LoraError, LoraFolder
 from .params import FrameParams, Mode, ParameterUpdate, WeightedPrompt
 from .registry import UnknownPipelineError
 from .resources.paths import ForbiddenPathError, LocalPathPolicy
@@ -25,9 +33,13 @@ __all__ = [
     "LoadParams",
     "LoadingError",
     "LocalPathPolicy",
+    "LoraError",
+    "LoraFolder",
+    "LoraScaleError",
     "Mode",
     "NotLoadedError",
     "OutputFrame",
+    "ParameterRejectedError",
     "ParameterUpdate",
     "Pipeline",
     "PipelineError",

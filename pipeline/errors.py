@@ -13,5 +13,13 @@ class LoadInProgressError(RuntimeError):
     """A different load is already running."""
 
 
-class UnsupportedModeError(ValueError):
+class ParameterRejectedError(ValueError):
+    """A session's parameter update that the loaded pipeline cannot take (nothing changed)."""
+
+
+class UnsupportedModeError(ParameterRejectedError):
     """The session asked for an input mode the loaded pipeline does not have."""
+
+
+class LoraScaleError(ParameterRejectedError):
+    """`lora_scales` names a LoRA that is not loaded, or changes a fused (permanent) one."""

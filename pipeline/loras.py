@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .paths import ForbiddenPathError, LocalPathPolicy
+from .resources.paths import ForbiddenPathError, LocalPathPolicy
 
 LORA_EXTENSIONS = (".safetensors",)
 MAX_LORAS = 8
@@ -163,18 +163,26 @@ def _stem(path: Path) -> str:
     return path.stem if path.suffix.lower() in LORA_EXTENSIONS else path.name
 
 
-def scale_overrides(params: Any, raw: Any) -> dict[str, float]:
+def scale_overrides(params: Any, raw: Any, *, strict: bool = True) -> dict[str, float]:
     """Validate a session's `lora_scales` against the loaded LoRAs: {loaded path: scale}.
     Raises LoraError for an unknown LoRA, or a new scale for a permanent (fused) one; a
-    permanent one at its loaded scale is accepted (Scope's app sends every loaded LoRA)."""
-    scales = parse_scales(raw)
+    permanent one at its loaded scale is accepted (Scope's app sends every loaded LoRA).
+    `strict=False` skips what does not apply instead (the pipeline, per frame)."""
+    try:
+        scales = parse_scales(raw)
+    except LoraError:
+        if strict:
+            raise
+        return {}
     specs = params.lora_specs() if isinstance(params, LoraParams) else []
-    if scales and not specs:
+    if scales and not specs and strict:
         raise LoraError("No LoRAs are loaded: lora_scales has nothing to change. Load the "
                         "pipeline with load_params.loras first.")
     out: dict[str, float] = {}
     for item in scales:
         spec = next((s for s in specs if same_lora(s.path, item.path)), None)
+        if not strict and (spec is None or not spec.runtime):
+            continue
         if spec is None:
             names = ", ".join(Path(s.path).name for s in specs)
             raise LoraError(f"LoRA {item.path!r} is not loaded (loaded: {names}).")
@@ -266,20 +274,21 @@ class LoraFolder:
     """The LoRA folder: listing, resolving references, deleting. Everything stays inside it
     (symlinks and `..` included) unless the path policy allows a file elsewhere."""
 
-    def __init__(self, root: Path, policy: LocalPathPolicy | None = None) -> None:
-        self.root = Path(root).expanduser()
+    def __init__(self, root: Path | None, policy: LocalPathPolicy | None = None) -> None:
+        """`root` None: no folder (only absolute paths the policy allows)."""
+        self.root = None if root is None else Path(root).expanduser()
         self.policy = policy or LocalPathPolicy()
 
-    def _root(self) -> Path:
-        return self.root.resolve()
+    def _root(self) -> Path | None:
+        return None if self.root is None else self.root.resolve()
 
     def inside(self, path: Path) -> bool:
         root = self._root()
-        return root in path.resolve().parents
+        return root is not None and root in path.resolve().parents
 
     def list(self) -> list[LoraFileInfo]:
         root = self._root()
-        if not root.is_dir():
+        if root is None or not root.is_dir():
             return []
         files = []
         for dirpath, _dirs, names in os.walk(root):  # no followlinks: stays inside
@@ -301,13 +310,17 @@ class LoraFolder:
         if "\x00" in ref:
             raise LoraError("A LoRA path cannot contain NUL characters.")
         given = Path(ref).expanduser()
-        candidates = [given] if given.is_absolute() else [self._root() / given]
+        root = self._root()
+        if root is None and not given.is_absolute():
+            raise LoraError(f"LoRA {ref!r}: this server has no LoRA folder; give an absolute "
+                            "path.")
+        candidates = [given] if given.is_absolute() or root is None else [root / given]
         if not given.suffix:
             candidates += [c.with_name(c.name + ext) for c in list(candidates)
                            for ext in LORA_EXTENSIONS]
         if not given.is_absolute() and len(given.parts) == 1:  # a bare name: any sub-folder
-            candidates += [f_path for f in self.list()
-                           if _stem(f_path := Path(f.path)) == _stem(given)]
+            found = [Path(f.path) for f in self.list()]
+            candidates += [f for f in found if _stem(f) == _stem(given)]
         path = next((c for c in candidates if c.is_file()), None)
         if path is None:
             raise LoraError(f"LoRA {ref!r} was not found in the LoRA folder ({self.root}); "

@@ -165,7 +165,9 @@ class ParameterState:
             if update.reset_cache:
                 self._reset_pending = True
             for key, value in update.given().items():
-                if key not in ("prompts", "transition", "reset_cache", "recording"):
+                if key == "lora_scales":
+                    self._values[key] = _merge_scales(self._values.get(key), value)
+                elif key not in ("prompts", "transition", "reset_cache", "recording"):
                     self._values[key] = value
 
     def _start_transition(self, spec: TransitionSpec) -> None:
@@ -250,3 +252,17 @@ class ParameterState:
                 input_mode=self._values.get("input_mode"),
                 extras={k: self._values[k] for k in self._EXTRA_KEYS if k in self._values},
             )
+
+
+def _merge_scales(old: Any, new: Any) -> Any:
+    """`lora_scales` sets the scales it names; earlier ones for other LoRAs stay (Scope's list
+    shape; the `{path: scale}` shape is turned into it)."""
+    if isinstance(new, dict):
+        new = [{"path": path, "scale": scale} for path, scale in new.items()]
+    if not isinstance(old, list) or not isinstance(new, list):
+        return new
+    named = {item.get("path"): item for item in old if isinstance(item, dict)}
+    for item in new:
+        if isinstance(item, dict):
+            named[item.get("path")] = item
+    return list(named.values())

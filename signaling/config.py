@@ -14,6 +14,7 @@ from .recording import RecordingLimits
 
 # Any page served from this machine (a dev server on another port, a notebook) may call the API.
 LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
+LORA_HOSTS = ("huggingface.co", "hf.co", "civitai.com")
 
 
 class ServerSettings(BaseModel):
@@ -52,9 +53,18 @@ class ServerSettings(BaseModel):
     assets_dir: Path | None = None
     """Uploaded reference images; default: `data_dir`/assets."""
     asset_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    lora_dir: Path | None = None
+    """LoRA files (`load_params.loras`, `/api/v1/loras`); default: `data_dir`/loras."""
+    lora_max_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    """Largest LoRA file an install downloads."""
+    lora_hosts: list[str] = Field(default_factory=lambda: list(LORA_HOSTS))
+    """Hosts LoRA installs may download from (and their sub-domains)."""
 
     def assets_folder(self) -> Path:
         return self.assets_dir or (self.data_dir or default_data_dir()) / "assets"
+
+    def lora_folder(self) -> Path:
+        return self.lora_dir or (self.data_dir or default_data_dir()) / "loras"
 
     def cors_origin_regex(self) -> str:
         extra = [re.escape(o.rstrip("/")) for o in self.cors_origins if o != "*"]

@@ -78,8 +78,6 @@ class MessageResponse(BaseModel):
 class PipelineStatusResponse(PipelineStatus):
     produces_video: bool = True
     produces_audio: bool = False
-    loaded_lora_adapters: list[dict[str, Any]] = Field(
-        default_factory=list, description="Scope's key; always empty (no LoRA loading here).")
 
 
 class PipelineSchema(BaseModel):

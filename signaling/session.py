@@ -28,10 +28,10 @@ from av import VideoFrame
 from pipeline import (
     InputFrame,
     OutputFrame,
+    ParameterRejectedError,
     ParameterUpdate,
     PipelineService,
     Stream,
-    UnsupportedModeError,
 )
 
 from .dtls import answer_as_dtls_server
@@ -238,7 +238,7 @@ class Session:
             return
         try:
             self.stream.update(update)
-        except UnsupportedModeError as exc:
+        except ParameterRejectedError as exc:
             self.send(ErrorNotification(error_message=str(exc)))
             return
         if update.recording is not None:
@@ -247,7 +247,8 @@ class Session:
 
     def apply_from_elsewhere(self, update: ParameterUpdate) -> None:
         """An update this client did not make (an HTTP route): Scope's `parameters_updated`
-        with the changed Scope keys, then our acknowledgement. Raises UnsupportedModeError."""
+        with the changed Scope keys, then our acknowledgement. Raises ParameterRejectedError
+        (UnsupportedModeError, LoraScaleError)."""
         if self.stream is None or self.closing:
             return
         self.stream.update(update)

@@ -30,7 +30,7 @@ def _models(model_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def write_peft_lora(model_dir: Path, out: Path, *, seed: int = 1, rank: int = 4,
-                    std: float = 0.3, text_encoder: bool = True) -> Path:
+                    std: float = 1.0, text_encoder: bool = True) -> Path:
     """A diffusers-format LoRA file (`out`, .safetensors) for the tiny SD model at `model_dir`."""
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -62,7 +62,7 @@ def _randomise(model: torch.nn.Module, std: float) -> torch.nn.Module:
 
 
 def write_kohya_lora(model_dir: Path, out: Path, *, seed: int = 2, rank: int = 4,
-                     alpha: float = 2.0, std: float = 0.3) -> Path:
+                     alpha: float = 4.0, std: float = 1.0) -> Path:
     """A kohya sd-scripts LoRA file: `lora_unet_…`/`lora_te_…` keys with lora_down/lora_up and
     a per-module `.alpha` (scale alpha/rank), for every attention projection."""
     unet, text = _models(model_dir)

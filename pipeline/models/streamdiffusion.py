@@ -34,6 +34,7 @@ from pydantic import Field
 
 from pipeline.base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
 from pipeline.hints import ui
+from pipeline.loras import LoraParams, runtime_scale_key, scale_overrides
 from pipeline.params import FrameParams, Mode, ParameterState, ParameterUpdate
 from pipeline.resources.hub import HubModel
 from pipeline.resources.paths import looks_local
@@ -41,6 +42,7 @@ from pipeline.resources.paths import looks_local
 from .blending import conditioning
 from .diffusion.loading import FULL_VAE, TAESD_ID, is_out_of_memory, load_sd_model, out_of_memory
 from .diffusion.noise import SessionNoise
+from .diffusion.lora import SDAdapters
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 VACE_MAX_STEP = 750
@@ -50,8 +52,8 @@ TEXT_DRIFT_FRAMES = 48
 EMBEDDING_CACHE_SIZE = 64
 
 
-class StreamDiffusionParams(LoadParams):
-    """`load_params` of the `streamdiffusion` pipeline."""
+class StreamDiffusionParams(LoraParams, LoadParams):
+    """`load_params` of the `streamdiffusion` pipeline (LoRA fields: `pipeline.loras`)."""
 
     model_id: str = Field(default=DEFAULT_MODEL, min_length=1, max_length=1000,
                           description="SD-1.x/2.x-style checkpoint: hub id or local folder "
@@ -156,6 +158,9 @@ class StreamDiffusionPipeline(Pipeline):
       hence `supports_vace` stays False.
     - Output is always height×width of the load params; inputs of another shape are
       centre-cropped to its aspect ratio, then resized (a 640×480 webcam is not stretched).
+    - LoRAs (`loras`, `lora_merge_mode`; diffusers/PEFT and kohya files, UNet and text
+      encoder): permanent ones are fused at load; runtime ones follow each session's
+      `lora_scales` live. Sessions with different scales are rendered in separate UNet calls.
     """
 
     id = "streamdiffusion"
@@ -168,6 +173,7 @@ class StreamDiffusionPipeline(Pipeline):
     max_batch_size = 8
     max_sessions = 4  # batched UNet calls: about 4 sessions at 512² stay interactive on one GPU
     requires_models = True  # weights come from the hub (or a local folder)
+    supports_lora = True
     estimated_vram_gb = 3.0  # sd-turbo UNet + text encoder + TAESD in float16, 512², batch 4
     params: StreamDiffusionParams
 
@@ -176,9 +182,9 @@ class StreamDiffusionPipeline(Pipeline):
             params = StreamDiffusionParams.model_validate(params.model_dump())
         super().__init__(params)
         self.device, self.dtype = _resolve_device(self.params.device, self.params.dtype)
-        self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._embeddings: OrderedDict[tuple[str, tuple[float, ...]], torch.Tensor] = OrderedDict()
         self._schedules: dict[tuple[int, ...], _Schedule] = {}
-        self._uncond: torch.Tensor | None = None
+        self._adapters: SDAdapters | None = None
 
     def use_device(self, device: str) -> None:
         super().use_device(device)
@@ -224,10 +230,11 @@ class StreamDiffusionPipeline(Pipeline):
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_shape = (int(self.unet.config.in_channels),
                              self.params.height // factor, self.params.width // factor)
+        if self.params.loras:
+            progress(0.75, f"loading {len(self.params.loras)} LoRA(s)")
+            self._adapters = SDAdapters(self.unet, self.text_encoder)
+            self._adapters.load(self.params.lora_specs())
         self._speed_up()
-        with torch.inference_mode():
-            if self.params.cfg_scale > 1.0:
-                self._uncond = self._embed(self.params.negative_prompt).to(self.dtype)
         progress(0.85, "warming up" + (" (torch.compile: may take minutes)"
                                        if self.params.compile else ""))
         try:
@@ -259,7 +266,7 @@ class StreamDiffusionPipeline(Pipeline):
         for name in ("unet", "vae", "text_encoder"):
             self.__dict__.pop(name, None)
         self._embeddings.clear()
-        self._uncond = None
+        self._adapters = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -271,8 +278,19 @@ class StreamDiffusionPipeline(Pipeline):
 
     def batch_key(self, request: FrameRequest) -> Hashable:
         # Frames are resized to one resolution and timesteps are per item: only the number of
-        # steps must match, whatever the mode, input size or step values.
-        return (self.params.height, self.params.width, len(request.params.denoising_step_list))
+        # steps (and the runtime LoRAs' scales, set on the model per call) must match, whatever
+        # the mode, input size or step values.
+        return (self.params.height, self.params.width, len(request.params.denoising_step_list),
+                self._lora_scales(request))
+
+    def _lora_scales(self, request: FrameRequest) -> tuple[float, ...]:
+        """The runtime LoRAs' scales for a request: its session's `lora_scales` over the load
+        scales (entries that do not apply, e.g. after a reload with other LoRAs, are ignored)."""
+        if self._adapters is None or not self._adapters.runtime:
+            return ()
+        raw = request.params.extras.get("lora_scales")
+        overrides = scale_overrides(self.params, raw, strict=False) if raw else {}
+        return runtime_scale_key([spec for _, spec in self._adapters.runtime], overrides)
 
     # --- processing ---------------------------------------------------------------------------
 
@@ -304,7 +322,10 @@ class StreamDiffusionPipeline(Pipeline):
 
     def _generate(self, requests: Sequence[FrameRequest],
                   images: Sequence[torch.Tensor | None]) -> np.ndarray:
-        """The stream loop for requests with the same number of steps; (B, H, W, 3) uint8."""
+        """The stream loop for requests with the same number of steps and LoRA scales;
+        (B, H, W, 3) uint8."""
+        if self._adapters is not None:
+            self._adapters.set_scales(self._lora_scales(requests[0]))
         schedules = [self._schedule(self._steps_for(r)) for r in requests]
         timesteps = torch.stack([s.timesteps for s in schedules])  # (B, K)
         alpha = torch.stack([s.alpha_prod_t_sqrt for s in schedules])[..., None, None, None]
@@ -323,10 +344,11 @@ class StreamDiffusionPipeline(Pipeline):
                     beta: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """One UNet call (two-wide with CFG) turned into a prediction of the clean latent."""
         sample = x.to(self.dtype)
-        if self._uncond is None:
+        if self.params.cfg_scale <= 1.0:
             out = self.unet(sample, t, encoder_hidden_states=cond).sample.float()
         else:
-            uncond = self._uncond.expand(len(x), -1, -1)
+            uncond = self._embed(self.params.negative_prompt).to(self.dtype)
+            uncond = uncond.expand(len(x), -1, -1)
             both = self.unet(torch.cat([sample, sample]), torch.cat([t, t]),
                              encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
             out_uncond, out_text = both.chunk(2)
@@ -359,16 +381,19 @@ class StreamDiffusionPipeline(Pipeline):
         return state.noise.video(params.seed, request.index, steps, params.noise_scale)
 
     def _embed(self, text: str) -> torch.Tensor:
-        """CLIP embedding (1, tokens, dim) of one prompt, float32, cached per distinct text."""
-        cached = self._embeddings.get(text)
+        """CLIP embedding (1, tokens, dim) of one prompt, float32, cached per distinct text (and
+        runtime LoRA scales, when a LoRA changes the text encoder)."""
+        adapters = self._adapters
+        key = (text, adapters.scales if adapters and adapters.text_encoder_adapted else ())
+        cached = self._embeddings.get(key)
         if cached is not None:
-            self._embeddings.move_to_end(text)
+            self._embeddings.move_to_end(key)
             return cached
         ids = self.tokenizer(text, padding="max_length", truncation=True, return_tensors="pt",
                              max_length=self.tokenizer.model_max_length).input_ids
         # float32: blending sums squares over ~77k values, which overflows float16.
         embedding = self.text_encoder(ids.to(self.device))[0].float()
-        self._embeddings[text] = embedding
+        self._embeddings[key] = embedding
         if len(self._embeddings) > EMBEDDING_CACHE_SIZE:
             self._embeddings.popitem(last=False)
         return embedding

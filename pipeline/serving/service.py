@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 from pipeline import registry
 from pipeline.base import LoadParams, Pipeline
 from pipeline.errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
+from pipeline.loras import LoraError, LoraFolder, LoraParams, loaded_adapters
 from pipeline.params import Mode, ParameterUpdate
 from pipeline.resources.paths import LocalPathPolicy
 
@@ -49,6 +50,9 @@ class PipelineStatus(BaseModel):
     error: str | None
     loading_stage: str | None
     progress: float | None
+    loaded_lora_adapters: list[dict[str, Any]] = Field(
+        default_factory=list, description="Scope's key: the LoRAs of the pipeline in force "
+                                          "({path, scale, merge_mode}).")
     workers: list[WorkerStatus] = Field(default_factory=list)
     """Beyond Scope: each pipeline worker (device or Ray actor), its state and load."""
 
@@ -56,11 +60,15 @@ class PipelineStatus(BaseModel):
 class PipelineService:
     def __init__(self, *, devices: Sequence[str | None] | None = None,
                  engines: Sequence[Engine] | None = None, text_fps: float = 20.0,
-                 idle_wait_s: float = 0.5, path_policy: LocalPathPolicy | None = None) -> None:
+                 idle_wait_s: float = 0.5, path_policy: LocalPathPolicy | None = None,
+                 lora_folder: LoraFolder | None = None) -> None:
         """`devices`: one local worker per entry (None: the pipeline picks, as with one
-        device). `engines`: workers on engines built elsewhere (the Ray backend's actors)."""
+        device). `engines`: workers on engines built elsewhere (the Ray backend's actors).
+        `lora_folder`: where `load_params.loras` paths are looked up (None: no folder; only
+        absolute paths the path policy allows)."""
         self.text_fps = text_fps
         self.path_policy = path_policy or LocalPathPolicy()
+        self.lora_folder = lora_folder
         if engines is None:
             engines = [LocalEngine(device) for device in (devices or [None])]
         if not engines:
@@ -93,11 +101,17 @@ class PipelineService:
         """Validate and start loading on every worker; status is `loading` when this returns.
 
         Raises UnknownPipelineError, pydantic.ValidationError, ForbiddenPathError,
-        LoadInProgressError."""
+        LoraError (a LoRA file missing, cut off or not a LoRA: refused before anything is
+        unloaded), LoadInProgressError."""
         cls = registry.get(pipeline_id)
         params = cls.Params.model_validate(load_params or {})
         for ref in params.local_refs():
             self.path_policy.check(ref)
+        if isinstance(params, LoraParams) and params.loras:
+            if not cls.supports_lora:
+                raise LoraError(f"Pipeline {cls.id!r} does not load LoRAs.")
+            folder = self.lora_folder or LoraFolder(None, self.path_policy)
+            params = folder.resolve_params(params)
         with self._lock:
             same = self._pipeline_id == pipeline_id and self._load_params == params
             if same and all(w.state in ("loading", "loaded") for w in self.workers):
@@ -173,7 +187,9 @@ class PipelineService:
         return PipelineStatus(
             status=status, pipeline_id=pipeline_id,
             load_params=None if params is None else params.model_dump(), error=error,
-            loading_stage=stage, progress=progress, workers=workers)
+            loading_stage=stage, progress=progress,
+            loaded_lora_adapters=loaded_adapters(params) if status == "loaded" else [],
+            workers=workers)
 
     @property
     def pipeline_class(self) -> type[Pipeline] | None:

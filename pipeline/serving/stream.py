@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from pipeline.base import Pipeline
-from pipeline.errors import UnsupportedModeError
+from pipeline.errors import LoraScaleError, UnsupportedModeError
+from pipeline.loras import LoraError, scale_overrides
 from pipeline.params import Mode, ParameterState, ParameterUpdate
 
 from .frames import CLOCK_RATE, CLOCK_TIME_BASE, FrameWindow, InputFrame, OutputFrame
@@ -93,11 +94,17 @@ class Stream:
 
     def update(self, update: ParameterUpdate) -> None:
         """Merge a validated parameter update; it applies from the next frame. Raises
-        UnsupportedModeError (changing nothing) for an input_mode the pipeline lacks."""
+        UnsupportedModeError (changing nothing) for an input_mode the pipeline lacks, and
+        LoraScaleError for `lora_scales` that do not fit the loaded LoRAs."""
         cls = self.worker.pipeline_class
         if update.input_mode is not None and cls is not None and update.input_mode not in cls.modes:
             raise UnsupportedModeError(f"Pipeline {cls.id!r} has no {update.input_mode!r} mode "
                                        f"(supported: {', '.join(cls.modes)}).")
+        if update.lora_scales is not None:
+            try:
+                scale_overrides(self.worker.load_params, update.lora_scales)
+            except LoraError as exc:
+                raise LoraScaleError(str(exc)) from None
         if update.reset_cache:  # the next call is a first call again: make room for its chunk
             self.stats.dropped(self.window.set_capacity(self.worker.first_chunk_frames))
         self.params.apply(update)

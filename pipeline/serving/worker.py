@@ -253,6 +253,11 @@ class Worker:
         """Input frames the loaded pipeline takes on a session's first call (or after a reset)."""
         return self.engine.first_frames
 
+    @property
+    def load_params(self) -> LoadParams | None:
+        """The load parameters of the pipeline loaded (or loading) here."""
+        return self._params
+
     def defaults_for(self, mode: Mode) -> ParameterUpdate:
         defaults = self._cls.mode_defaults() if self._cls else {}
         return defaults.get(mode) or ParameterUpdate()

@@ -1,5 +1,5 @@
 """Scope features this server does not have, answered in Scope's shapes so that Scope's app
-loads without errors: no server-side input sources, LoRAs, plugins, plugin nodes, cloud relay,
+loads without errors: no server-side input sources, plugins, plugin nodes, cloud relay,
 tempo sync, DMX, Scope's OSC graph inventory and its OSC event stream. Each answer says "nothing
 here" (empty, disabled, disconnected). OSC control itself is in `osc.py`."""
 
@@ -22,10 +22,6 @@ POLL_S = 0.25  # how soon an open event stream notices that the server is stoppi
 
 class InputSourcesResponse(BaseModel):
     input_sources: list[dict[str, Any]] = []
-
-
-class LoraFilesResponse(BaseModel):
-    lora_files: list[dict[str, Any]] = []
 
 
 class PluginsResponse(BaseModel):
@@ -95,10 +91,6 @@ def router(ctx: ApiContext) -> APIRouter:
     async def input_sources() -> InputSourcesResponse:
         """No server-side sources (NDI, Spout, Syphon, files): the browser sends the video."""
         return InputSourcesResponse()
-
-    @api.get("/loras", response_model=LoraFilesResponse)
-    async def loras() -> LoraFilesResponse:
-        return LoraFilesResponse()
 
     @api.get("/plugins", response_model=PluginsResponse)
     async def plugins() -> PluginsResponse:

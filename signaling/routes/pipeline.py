@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from pipeline import ForbiddenPathError, LoadInProgressError, UnknownPipelineError
+from pipeline import ForbiddenPathError, LoadInProgressError, LoraError, UnknownPipelineError
 from pipeline import registry as pipelines
 
 from ..models import (
@@ -48,6 +48,8 @@ def router(ctx: ApiContext) -> APIRouter:
             ) from None
         except ForbiddenPathError as exc:
             raise HTTPException(403, str(exc)) from None
+        except LoraError as exc:
+            raise HTTPException(400, str(exc)) from None
         except LoadInProgressError as exc:
             raise HTTPException(409, str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
         return MessageResponse(message="Pipeline loading initiated successfully")

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
-from pipeline import ParameterUpdate, UnsupportedModeError
+from pipeline import ParameterRejectedError, ParameterUpdate
 
 from ..session import Session
 from .context import ApiContext
@@ -30,7 +30,8 @@ class ApplyParametersResponse(BaseModel):
     sessions: int
     """Sessions the update reached."""
     skipped: dict[str, str] = {}
-    """Sessions that refused it (session id → reason), e.g. an input_mode their pipeline lacks."""
+    """Sessions that refused it (session id → reason), e.g. an input_mode their pipeline lacks
+    or lora_scales for a LoRA it has not loaded."""
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -63,7 +64,7 @@ def router(ctx: ApiContext) -> APIRouter:
             try:
                 session.apply_from_elsewhere(body)
                 reached += 1
-            except UnsupportedModeError as exc:
+            except ParameterRejectedError as exc:
                 if session_id is not None:
                     raise HTTPException(400, str(exc)) from None
                 skipped[session.id] = str(exc)

@@ -17,9 +17,9 @@ ignores its other adapters.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-
 from typing import Any
 
 import torch
@@ -29,8 +29,8 @@ from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_
 from diffusers.utils.peft_utils import _create_lora_config, delete_adapter_layers
 from peft import inject_adapter_in_model, set_peft_model_state_dict
 
-from ..base import PipelineError
-from ..loras import LoraSpec
+from pipeline.base import PipelineError
+from pipeline.loras import LoraSpec
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,9 @@ class SDAdapters(StableDiffusionLoraLoaderMixin):
             network_alphas = {k.removeprefix(f"{prefix}."): v for k, v in network_alphas.items()
                               if k.split(".")[0] == prefix}
         config = _create_lora_config(state_dict, network_alphas, metadata, rank, is_unet=False)
-        inject_adapter_in_model(config, text_encoder, adapter_name=adapter_name)
+        with warnings.catch_warnings():  # "already found a peft_config": a second adapter
+            warnings.simplefilter("ignore", UserWarning)
+            inject_adapter_in_model(config, text_encoder, adapter_name=adapter_name)
         if getattr(text_encoder, "peft_config", None) is None:
             text_encoder.peft_config = {}
         text_encoder.peft_config[adapter_name] = config

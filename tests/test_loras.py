@@ -1,0 +1,321 @@
+"""LoRAs on the `streamdiffusion` pipeline: files made here (diffusers/PEFT and kohya formats) on
+the tiny random SD model, loaded through diffusers' own loaders (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from pipeline import (
+    LocalPathPolicy,
+    LoraError,
+    LoraFolder,
+    LoraScaleError,
+    PipelineError,
+    PipelineService,
+)
+from pipeline.loras import (
+    LoraParams,
+    check_lora_file,
+    loaded_adapters,
+    parse_scales,
+    scale_overrides,
+)
+from pipeline.params import ParameterState, ParameterUpdate
+from pipeline.streamdiffusion import StreamDiffusionParams, StreamDiffusionPipeline
+from tests.test_streamdiffusion import SIZE, frame_params, picture, request
+from tests.tiny_loras import write_kohya_lora, write_peft_lora
+from tests.tiny_models import build_tiny_sd, build_tiny_taesd
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("lora-models")
+    sd = build_tiny_sd(root / "sd")
+    loras = root / "loras"
+    return {"sd": sd, "taesd": build_tiny_taesd(root / "taesd"), "loras": loras,
+            "peft": write_peft_lora(sd, loras / "peft_style.safetensors"),
+            "kohya": write_kohya_lora(sd, loras / "kohya_style.safetensors"),
+            "unet_only": write_peft_lora(sd, loras / "sub" / "unet_only.safetensors", seed=5,
+                                         text_encoder=False)}
+
+
+def load(models: dict[str, Path], loras: list[dict[str, Any]] | None = None,
+         mode: str = "permanent", **params: Any) -> StreamDiffusionPipeline:
+    values = {"model_id": str(models["sd"]), "vae_id": str(models["taesd"]), "height": SIZE,
+              "width": SIZE, "loras": loras or [], "lora_merge_mode": mode, **params}
+    folder = LoraFolder(models["loras"])
+    resolved = folder.resolve_params(StreamDiffusionParams.model_validate(values))
+    pipeline = StreamDiffusionPipeline(resolved)
+    pipeline.load(lambda fraction, stage: None)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def plain(models: dict[str, Path]) -> StreamDiffusionPipeline:
+    return load(models)
+
+
+@pytest.fixture(scope="module")
+def runtime(models: dict[str, Path]) -> StreamDiffusionPipeline:
+    return load(models, [{"path": "peft_style", "scale": 1.0},
+                         {"path": "kohya_style.safetensors", "scale": 0.5}], "runtime_peft")
+
+
+def render(pipeline: StreamDiffusionPipeline, text: bool = False, **update: Any) -> np.ndarray:
+    """One frame (video mode, or text mode) with fresh session state (same seed: same noise)."""
+    return pipeline.process([request(pipeline, None if text else picture(3), **update)])[0]
+
+
+def differs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+def scales(**by_path: float) -> list[dict[str, Any]]:
+    return [{"path": path, "scale": scale} for path, scale in by_path.items()]
+
+
+@pytest.mark.parametrize("kind", ["peft", "kohya", "unet_only"])
+def test_each_format_loads_and_changes_the_output(models: dict[str, Path],
+                                                  plain: StreamDiffusionPipeline,
+                                                  kind: str) -> None:
+    pipeline = load(models, [{"path": str(models[kind]), "scale": 1.0}])
+    assert differs(render(pipeline), render(plain)) > 0.3
+    assert differs(render(pipeline, True), render(plain, True)) > 0.3  # text mode too
+
+
+def test_scale_zero_is_the_output_without_the_lora(runtime: StreamDiffusionPipeline,
+                                                   plain: StreamDiffusionPipeline) -> None:
+    off = scales(peft_style=0.0, kohya_style=0.0)
+    assert differs(render(runtime, lora_scales=off), render(plain)) < 0.05
+    assert differs(render(runtime, True, lora_scales=off), render(plain, True)) < 0.05
+
+
+def test_a_scale_change_mid_stream_changes_the_output_without_a_reload(
+        runtime: StreamDiffusionPipeline) -> None:
+    unet = runtime.unet
+    state = ParameterState()
+    session = runtime.new_state()
+    defaults = StreamDiffusionPipeline.mode_defaults()["video"]
+    frames = []
+    for update in [{}, {}, {"lora_scales": scales(peft_style=0.0)},
+                   {"lora_scales": scales(peft_style=1.0)}]:
+        if update:
+            state.apply(ParameterUpdate.model_validate(update))
+        params = state.snapshot(defaults)
+        frames.append(runtime.process([request(runtime, picture(3), index=0, params=params,
+                                               state=session)])[0])
+    assert runtime.unet is unet  # same model object: nothing was reloaded
+    assert differs(frames[0], frames[1]) < 0.05  # steady input, steady output
+    assert differs(frames[1], frames[2]) > 0.3  # the LoRA went off
+    assert differs(frames[1], frames[3]) < 0.05  # and back on
+
+
+def test_permanent_at_s_equals_runtime_at_s(models: dict[str, Path]) -> None:
+    loras = [{"path": "peft_style", "scale": 0.6}]
+    fused = load(models, loras, "permanent")
+    live = load(models, loras, "runtime_peft")
+    assert differs(render(fused), render(live)) < 0.1
+    assert differs(render(fused, True), render(live, True)) < 0.1
+    assert not any("lora" in name for name, _ in fused.unet.named_modules())  # plain layers
+
+
+def test_two_loras_stack(models: dict[str, Path], runtime: StreamDiffusionPipeline) -> None:
+    both = render(runtime)
+    first = render(runtime, lora_scales=scales(kohya_style=0.0))
+    second = render(runtime, lora_scales=scales(peft_style=0.0))
+    assert differs(both, first) > 0.3 and differs(both, second) > 0.3
+    # a per-LoRA merge_mode: one fused, one live, stacks the same way
+    mixed = load(models, [{"path": "peft_style", "scale": 1.0, "merge_mode": "permanent_merge"},
+                          {"path": "kohya_style", "scale": 0.5}], "runtime_peft")
+    assert differs(render(mixed), both) < 0.1
+
+
+def test_sessions_with_different_scales_are_rendered_apart(
+        runtime: StreamDiffusionPipeline) -> None:
+    a = request(runtime, picture(3), lora_scales=scales(peft_style=0.0))
+    b = request(runtime, picture(3))
+    assert runtime.batch_key(a) != runtime.batch_key(b)
+    together = runtime.process([a, b])
+    assert differs(together[0], render(runtime, lora_scales=scales(peft_style=0.0))) < 0.05
+    assert differs(together[1], render(runtime)) < 0.05
+
+
+def test_status_lists_the_adapters_and_schema_says_lora() -> None:
+    params = StreamDiffusionParams.model_validate(
+        {"loras": [{"path": "/l/a.safetensors", "scale": 0.5, "merge_mode": "runtime_peft"},
+                   {"path": "/l/b.safetensors"}], "lora_merge_mode": "permanent_merge"})
+    assert loaded_adapters(params) == [
+        {"path": "/l/a.safetensors", "scale": 0.5, "merge_mode": "runtime_peft"},
+        {"path": "/l/b.safetensors", "scale": 1.0, "merge_mode": "permanent"}]
+    assert StreamDiffusionPipeline.supports_lora
+
+
+@pytest.mark.parametrize("bad", [
+    {"loras": [{"path": "a", "scale": 11}]},
+    {"loras": [{"path": "a", "scale": float("nan")}]},
+    {"loras": [{"path": ""}]},
+    {"loras": [{"path": "a"}, {"path": "a"}]},
+    {"loras": [{"path": f"l{i}"} for i in range(9)]},
+    {"lora_merge_mode": "sometimes"},
+    {"loras": "a.safetensors"},
+])
+def test_bad_lora_load_params_are_rejected(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        StreamDiffusionParams.model_validate(bad)
+
+
+def test_lora_scales_are_checked_against_what_is_loaded() -> None:
+    params = LoraParams.model_validate({"loras": [
+        {"path": "/l/live.safetensors", "scale": 1.0, "merge_mode": "runtime_peft"},
+        {"path": "/l/fused.safetensors", "scale": 0.8}]})
+    assert scale_overrides(params, scales(live=0.3)) == {"/l/live.safetensors": 0.3}
+    assert scale_overrides(params, {"/l/live.safetensors": 2}) == {"/l/live.safetensors": 2.0}
+    assert scale_overrides(params, scales(fused=0.8)) == {}  # unchanged: fine
+    with pytest.raises(LoraError, match="fused into the weights"):
+        scale_overrides(params, scales(fused=0.5))
+    with pytest.raises(LoraError, match="not loaded"):
+        scale_overrides(params, scales(other=0.5))
+    with pytest.raises(LoraError, match="No LoRAs are loaded"):
+        scale_overrides(LoraParams(), scales(live=0.5))
+    for bad in ([{"path": "live"}], [{"path": "live", "scale": "1"}], "x", [1],
+                [{"path": "live", "scale": 99}]):
+        with pytest.raises(LoraError):
+            parse_scales(bad)
+
+
+def test_lora_scales_messages_merge_by_path() -> None:
+    state = ParameterState()
+    state.apply(ParameterUpdate.model_validate({"lora_scales": scales(a=0.1, b=0.2)}))
+    state.apply(ParameterUpdate.model_validate({"lora_scales": {"b": 0.5}}))
+    extras = state.snapshot(ParameterUpdate()).extras
+    assert extras["lora_scales"] == scales(a=0.1, b=0.5)
+
+
+# --- bad files: actionable errors, and the previous pipeline keeps serving ---------------------
+
+def test_file_checks(models: dict[str, Path], tmp_path: Path) -> None:
+    assert check_lora_file(models["peft"]) > 0
+    data = models["peft"].read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:len(data) - 100])
+    with pytest.raises(LoraError, match="truncated"):
+        check_lora_file(cut)
+    cut.write_bytes(data[:20])
+    with pytest.raises(LoraError, match="not a complete safetensors"):
+        check_lora_file(cut)
+    cut.write_bytes(b"<html>Not found</html>")
+    with pytest.raises(LoraError, match="safetensors"):
+        check_lora_file(cut)
+    model = models["sd"] / "unet" / "diffusion_pytorch_model.safetensors"
+    with pytest.raises(LoraError, match="not a LoRA"):
+        check_lora_file(model)
+
+
+def test_the_folder_resolves_names_and_confines_paths(models: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    folder = LoraFolder(models["loras"], LocalPathPolicy(allow_any=False))
+    assert folder.resolve("peft_style") == models["peft"].resolve()
+    assert folder.resolve("unet_only") == models["unet_only"].resolve()  # in a sub-folder
+    assert folder.resolve("sub/unet_only.safetensors") == models["unet_only"].resolve()
+    assert folder.resolve(str(models["kohya"])) == models["kohya"].resolve()
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(models["peft"].read_bytes())
+    for ref in (str(outside), "../" * 8 + str(outside)[1:]):
+        with pytest.raises(PermissionError):
+            folder.resolve(ref)
+    with pytest.raises(LoraError, match="not found"):
+        folder.resolve("missing")
+    with pytest.raises(LoraError, match="NUL"):
+        folder.resolve("a\x00b")
+    pickle = models["loras"] / "old.pt"
+    pickle.write_bytes(b"x")
+    with pytest.raises(LoraError, match=r"only \.safetensors"):
+        folder.resolve("old.pt")
+    pickle.unlink()
+    names = [f.name for f in folder.list()]
+    assert names == ["kohya_style", "peft_style", "unet_only"]
+
+
+@pytest.fixture
+def lora_service(models: dict[str, Path]) -> PipelineService:
+    svc = PipelineService(text_fps=50, lora_folder=LoraFolder(models["loras"]))
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def base_params(models: dict[str, Path], **extra: Any) -> dict[str, Any]:
+    return {"model_id": str(models["sd"]), "vae_id": str(models["taesd"]), "height": SIZE,
+            "width": SIZE, **extra}
+
+
+def test_a_bad_file_is_refused_before_the_loaded_pipeline_is_touched(
+        models: dict[str, Path], lora_service: PipelineService, tmp_path: Path) -> None:
+    status = lora_service.load_blocking("streamdiffusion", base_params(models), timeout=300)
+    assert status.status == "loaded"
+    data = models["peft"].read_bytes()
+    (models["loras"] / "cut.safetensors").write_bytes(data[:len(data) // 2])
+    try:
+        for ref, match in (("cut", "truncated|complete"), ("missing", "not found")):
+            with pytest.raises(LoraError, match=match):
+                lora_service.load("streamdiffusion",
+                                  base_params(models, loras=[{"path": ref}]))
+            status = lora_service.status()
+            assert status.status == "loaded" and status.load_params["loras"] == []
+    finally:
+        (models["loras"] / "cut.safetensors").unlink()
+
+
+def test_a_lora_for_another_model_is_an_actionable_load_error(models: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(models["peft"])
+    wider = tmp_path / "wider.safetensors"  # a LoRA for a model with wider layers
+    save_file({k: torch.zeros(v.shape[0], v.shape[1] + 16) if k.startswith("unet.") and "down" in k
+               else v for k, v in weights.items()}, str(wider))
+    with pytest.raises(PipelineError, match=r"wider\.safetensors does not fit this model"):
+        load(models, [{"path": str(wider)}])
+    renamed = tmp_path / "renamed.safetensors"  # keys of another architecture
+    save_file({k.replace("unet.", "unet.nothing_like_this.").replace(
+        "text_encoder.", "text_encoder.nothing."): v for k, v in weights.items()}, str(renamed))
+    with pytest.raises(PipelineError, match=r"LoRA renamed\.safetensors"):
+        load(models, [{"path": str(renamed)}])
+
+
+def test_stream_refuses_scales_for_fused_or_unknown_loras(
+        models: dict[str, Path], lora_service: PipelineService) -> None:
+    loras = [{"path": "peft_style", "scale": 0.7},
+             {"path": "kohya_style", "merge_mode": "runtime_peft"}]
+    status = lora_service.load_blocking("streamdiffusion", base_params(models, loras=loras),
+                                        timeout=300)
+    assert status.status == "loaded", status.error
+    adapters = status.loaded_lora_adapters
+    assert [Path(a["path"]).name for a in adapters] == ["peft_style.safetensors",
+                                                         "kohya_style.safetensors"]
+    assert [a["merge_mode"] for a in adapters] == ["permanent", "runtime_peft"]
+
+    from tests.pipelines import RecordingSink
+    stream = lora_service.open_stream(RecordingSink(), offers_video=True)
+    try:
+        stream.update(ParameterUpdate.model_validate({"lora_scales": scales(kohya_style=0.2)}))
+        with pytest.raises(LoraScaleError, match="fused"):
+            stream.update(ParameterUpdate.model_validate(
+                {"lora_scales": scales(peft_style=0.2)}))
+        with pytest.raises(LoraScaleError, match="not loaded"):
+            stream.update(ParameterUpdate.model_validate({"lora_scales": scales(nope=0.2)}))
+        effective = stream.effective_parameters()
+        assert effective["lora_scales"] == scales(kohya_style=0.2)
+    finally:
+        stream.close()
+
+
+def test_render_with_runtime_scale_uses_frame_params(runtime: StreamDiffusionPipeline) -> None:
+    params = frame_params("video", lora_scales=scales(peft_style=0.0, kohya_style=0.0))
+    assert params.extras["lora_scales"][0]["scale"] == 0.0
