@@ -160,19 +160,17 @@ class LoraInstaller:
         host = host.lower()
         return any(host == h or host.endswith("." + h) for h in self.hosts)
 
-    def _is_hf(self, host: str) -> bool:
-        hf = {"huggingface.co", "hf.co", (urlsplit(self._hf_endpoint()).hostname or "").lower()}
-        return any(host == h or host.endswith("." + h) for h in hf if h)
+    def _is_hf(self, url: str) -> bool:
+        return _same_site(url, ("huggingface.co", "hf.co"), self._hf_endpoint())
 
-    def _is_civitai(self, host: str) -> bool:
-        civ = {"civitai.com", (urlsplit(self.civitai).hostname or "").lower()}
-        return any(host == h or host.endswith("." + h) for h in civ if h)
+    def _is_civitai(self, url: str) -> bool:
+        return _same_site(url, ("civitai.com",), self.civitai)
 
-    def _headers(self, host: str) -> dict[str, str]:
+    def _headers(self, url: str) -> dict[str, str]:
         token = None
-        if self._is_hf(host):
+        if self._is_hf(url):
             token = os.environ.get("HF_TOKEN")
-        elif self._is_civitai(host):
+        elif self._is_civitai(url):
             token = os.environ.get("CIVITAI_API_TOKEN")
         return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -184,7 +182,7 @@ class LoraInstaller:
         if not self._host_allowed(host):
             raise InstallError(400, f"Downloads are allowed from {', '.join(sorted(self.hosts))}"
                                     f" only, not {host}.")
-        if self._is_hf(host) and "/blob/" in parts.path:
+        if self._is_hf(url) and "/blob/" in parts.path:
             raise InstallError(400, "That is a Hugging Face file page, not the file: use its "
                                     "download link (…/resolve/main/…, \"Copy download link\").")
         return host
@@ -195,7 +193,8 @@ class LoraInstaller:
         target = root
         if subfolder:
             parts = [p for p in subfolder.replace("\\", "/").split("/") if p not in ("", ".")]
-            if any(p == ".." or p.startswith(".") or _SAFE_NAME.search(p) for p in parts):
+            if subfolder.startswith(("/", "\\")) or any(
+                    p == ".." or p.startswith(".") or _SAFE_NAME.search(p) for p in parts):
                 raise InstallError(400, "subfolder must be plain folder names inside the LoRA "
                                         "folder.")
             target = root.joinpath(*parts)
@@ -211,11 +210,11 @@ class LoraInstaller:
 
     def plan_url(self, url: str, filename: str | None = None,
                  subfolder: str | None = None) -> _Plan:
-        host = self._check_url(url)
+        self._check_url(url)
         name = filename or urlsplit(url).path.rstrip("/").split("/")[-1]
-        if self._is_civitai(host) and (filename is None or "." not in name):
+        if self._is_civitai(url) and (filename is None or "." not in name):
             return self._plan_civitai(_civitai_version(url), filename, subfolder)
-        return _Plan(url, self._destination(safe_filename(name), subfolder), self._headers(host))
+        return _Plan(url, self._destination(safe_filename(name), subfolder), self._headers(url))
 
     def plan(self, request: DownloadRequest) -> _Plan:
         if request.source == "huggingface":
@@ -226,9 +225,8 @@ class LoraInstaller:
             url = (f"{self._hf_endpoint()}/{request.repo_id}/resolve/{request.revision}/"
                    f"{request.hf_filename}")
             name = request.filename or request.hf_filename
-            host = urlsplit(url).hostname or ""
             plan = _Plan(url, self._destination(safe_filename(name), request.subfolder),
-                         self._headers(host))
+                         self._headers(url))
         elif request.source == "civitai":
             if not request.version_id:
                 raise InstallError(400, "source 'civitai' needs version_id.")
@@ -247,7 +245,7 @@ class LoraInstaller:
             raise InstallError(400, "A CivitAI link needs a model version: use the file's "
                                     "download link (…/api/download/models/<version id>).")
         api = f"{self.civitai}/api/v1/model-versions/{version_id}"
-        headers = self._headers(urlsplit(api).hostname or "")
+        headers = self._headers(api)
         try:
             response = httpx.get(api, headers=headers, timeout=self.timeout_s,
                                  follow_redirects=True)
@@ -267,9 +265,9 @@ class LoraInstaller:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise InstallError(502, f"CivitAI lists no file for model version {version_id}."
                                ) from None
-        host = self._check_url(url)
+        self._check_url(url)
         return _Plan(url, self._destination(safe_filename(filename or name), subfolder),
-                     self._headers(host))
+                     self._headers(url))
 
     # --- downloading ----------------------------------------------------------------------------
 
@@ -341,7 +339,7 @@ class LoraInstaller:
                                             f"{self.max_bytes} bytes are not installed.")
                 progress.total_bytes = total
                 with part.open("wb") as f:
-                    for chunk in response.iter_bytes(1 << 20):
+                    for chunk in response.iter_bytes():  # as it arrives: live progress
                         size += len(chunk)
                         if size > self.max_bytes:
                             raise InstallError(413, f"The file is over {self.max_bytes} bytes; "
@@ -356,7 +354,7 @@ class LoraInstaller:
                                             "bytes; try again.")
         except httpx.HTTPError as exc:
             raise InstallError(502, f"The download failed: {type(exc).__name__} "
-                                    f"({mask(str(exc))}).") from None
+                                    f"({mask(str(exc))}); try again.") from None
         return digest.hexdigest(), size
 
     def _finish(self, progress: InstallProgress, status: Literal["done", "error"],
@@ -366,6 +364,15 @@ class LoraInstaller:
             if status == "done":
                 progress.percentage = 100.0
             self._finished[progress.id] = time.monotonic()
+
+
+def _same_site(url: str, domains: tuple[str, ...], endpoint: str) -> bool:
+    """`url` is on one of `domains` (or a sub-domain), or on `endpoint`'s host and port."""
+    parts, end = urlsplit(url), urlsplit(endpoint)
+    host = (parts.hostname or "").lower()
+    if any(host == d or host.endswith("." + d) for d in domains):
+        return True
+    return bool(end.hostname) and host == end.hostname.lower() and parts.port == end.port
 
 
 def _civitai_version(url: str) -> str | None:
