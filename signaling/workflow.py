@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline import registry
+from pipeline import LoraFolder, registry
 
 MAX_ITEMS = 64
 NAME = Field(max_length=300)
@@ -77,9 +77,10 @@ class ResolutionPlan(BaseModel):
     warnings: list[str]
 
 
-def resolve(workflow: Workflow) -> ResolutionPlan:
+def resolve(workflow: Workflow, loras: LoraFolder | None = None) -> ResolutionPlan:
     """One item per pipeline, plugin and LoRA the workflow needs; `can_apply` when every pipeline
-    is here and it runs one pipeline (a passthrough in a chain is fine: it changes nothing)."""
+    is here and it runs one pipeline (a passthrough in a chain is fine: it changes nothing).
+    A LoRA is `ok` when its file is in `loras` and its pipeline loads LoRAs."""
     items: list[ResolutionItem] = []
     warnings: list[str] = []
     available = registry.available()
@@ -111,10 +112,21 @@ def resolve(workflow: Workflow) -> ResolutionPlan:
                 items.append(ResolutionItem(
                     kind="plugin", name=plugin, status="missing",
                     detail="LiveV2V does not install Scope plugins."))
+        takes_loras = pipeline_id in available and registry.get(pipeline_id).supports_lora
         for lora in spec.loras if spec is not None else []:
-            items.append(ResolutionItem(
-                kind="lora", name=lora.filename, status="missing",
-                detail="LiveV2V does not load LoRAs; the workflow runs without it."))
+            if not takes_loras:
+                items.append(ResolutionItem(
+                    kind="lora", name=lora.filename, status="missing",
+                    detail=f"LiveV2V's {pipeline_id!r} does not load LoRAs; the workflow runs "
+                           "without it."))
+            elif loras is not None and loras.find(lora.filename) is not None:
+                items.append(ResolutionItem(kind="lora", name=lora.filename, status="ok"))
+            else:
+                items.append(ResolutionItem(
+                    kind="lora", name=lora.filename, status="missing",
+                    detail="Not in this server's LoRA folder.",
+                    action="Install it from its Hugging Face or CivitAI link (LoRA settings, "
+                           "POST /api/v1/loras)."))
     if not wanted:
         warnings.append("The workflow names no pipeline.")
     effective = [p for p in wanted if p != "passthrough"]

@@ -305,3 +305,20 @@ def test_helpers() -> None:
         "https://civitai.com/api/download/models/1?token=***&type=Model")
     assert safe_filename("a/b/My LoRA (v2).safetensors") == "My LoRA (v2).safetensors"
     assert safe_filename("..%2F..%2Fx.safetensors") == "x.safetensors"
+
+
+def test_workflow_resolve_finds_installed_loras(server: Server, lora_bytes: bytes) -> None:
+    (lora_dir(server) / "mine.safetensors").write_bytes(lora_bytes)
+
+    def plan(pipeline_id: str, filename: str) -> dict[str, Any]:
+        workflow = {"format": "scope-workflow", "format_version": "1.0", "metadata": {},
+                    "pipelines": [{"pipeline_id": pipeline_id, "source": {"type": "builtin"},
+                                   "loras": [{"filename": filename, "weight": 1.0}]}]}
+        r = api(server, "POST", "/workflow/resolve", json=workflow)
+        assert r.status_code == 200, r.text
+        return {i["name"]: i for i in r.json()["items"]}
+
+    assert plan("streamdiffusion", "mine.safetensors")["mine.safetensors"]["status"] == "ok"
+    missing = plan("streamdiffusion", "other.safetensors")["other.safetensors"]
+    assert missing["status"] == "missing" and "/api/v1/loras" in missing["action"]
+    assert plan("cpu-effect", "mine.safetensors")["mine.safetensors"]["status"] == "missing"

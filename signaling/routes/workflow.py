@@ -15,6 +15,6 @@ def router(ctx: ApiContext) -> APIRouter:
     async def resolve_workflow(body: Workflow) -> ResolutionPlan:
         """One item per pipeline, plugin and LoRA the workflow needs, with its status here;
         warnings for graph nodes this server does not run. Missing LoRAs do not block."""
-        return resolve(body)
+        return resolve(body, ctx.service.lora_folder)
 
     return api
