@@ -147,6 +147,13 @@ class Pipeline(ABC):
     def load(self, progress: ProgressCallback) -> None:  # noqa: B027 - optional hook
         """Heavy setup (weights, warm-up). Raise `PipelineError` with an actionable message."""
 
+    def change_loras(self, params: LoadParams, progress: ProgressCallback) -> bool:
+        """A load of this pipeline whose parameters differ from the loaded ones only in their
+        LoRAs (`loras`, `lora_merge_mode`): apply it in place, without reloading the model, and
+        return True; False when this pipeline cannot (then it is reloaded). On failure raise
+        `PipelineError` with the pipeline exactly as it was: it keeps serving."""
+        return False
+
     def new_state(self) -> Any:
         """Per-session state, created on first use and on `reset_cache`."""
         return None

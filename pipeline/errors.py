@@ -13,6 +13,10 @@ class LoadInProgressError(RuntimeError):
     """A different load is already running."""
 
 
+class PreviousKeptError(RuntimeError):
+    """A LoRA change failed in place; the pipeline as it was keeps serving."""
+
+
 class ParameterRejectedError(ValueError):
     """A session's parameter update that the loaded pipeline cannot take (nothing changed)."""
 

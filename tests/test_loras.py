@@ -3,6 +3,8 @@ the tiny random SD model, loaded through diffusers' own loaders (no downloads)."
 
 from __future__ import annotations
 
+import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +321,79 @@ def test_stream_refuses_scales_for_fused_or_unknown_loras(
 def test_render_with_runtime_scale_uses_frame_params(runtime: StreamDiffusionPipeline) -> None:
     params = frame_params("video", lora_scales=scales(peft_style=0.0, kohya_style=0.0))
     assert params.extras["lora_scales"][0]["scale"] == 0.0
+
+
+def write_wider(source: Path, out: Path) -> Path:
+    """A LoRA whose UNet layers are wider than the tiny model's (one for another model)."""
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: torch.zeros(v.shape[0], v.shape[1] + 16)
+               if k.startswith("unet.") and "down" in k else v
+               for k, v in load_file(source).items()}, str(out))
+    return out
+
+
+def test_a_failed_lora_change_keeps_the_pipeline_serving(models: dict[str, Path],
+                                                         lora_service: PipelineService) -> None:
+    from pipeline import InputFrame
+    from tests.pipelines import RecordingSink
+
+    wider = write_wider(models["peft"], models["loras"] / "wider.safetensors")
+    try:
+        live = [{"path": "peft_style"}]
+        status = lora_service.load_blocking(
+            "streamdiffusion", base_params(models, loras=live, lora_merge_mode="runtime_peft"),
+            timeout=300)
+        assert status.status == "loaded", status.error
+        engine = lora_service.workers[0].engine
+        pipeline = engine.pipeline
+        sink = RecordingSink()
+        stream = lora_service.open_stream(sink, offers_video=True)
+
+        pushed = [0]
+
+        def frames_after(count: int) -> None:
+            """Push frames one by one until `count` more come out."""
+            want = len(sink.frames) + count
+            while len(sink.frames) < want:
+                image = picture(pushed[0] % 3, (SIZE, SIZE))
+                stream.push(InputFrame(decode=lambda image=image: image, pts=pushed[0] * 4500,
+                                       time_base=Fraction(1, 90_000),
+                                       arrived=time.monotonic()))
+                pushed[0] += 1
+                sink.wait(min(want, len(sink.frames) + 1), timeout=60)
+                assert not sink.stopped, sink.stopped
+
+        frames_after(2)
+        status = lora_service.load_blocking(
+            "streamdiffusion", base_params(models, loras=[{"path": "wider"}],
+                                           lora_merge_mode="runtime_peft"), timeout=300)
+        assert status.status == "loaded"
+        assert "still serving the previous LoRAs" in status.error
+        assert "wider.safetensors does not fit this model" in status.error
+        assert [Path(a["path"]).name for a in status.loaded_lora_adapters] == [
+            "peft_style.safetensors"]
+        assert engine.pipeline is pipeline and not sink.stopped
+        frames_after(2)  # the session carries on
+        # a good change is made in place: same model, new LoRA, no error
+        status = lora_service.load_blocking(
+            "streamdiffusion", base_params(models, loras=[{"path": "kohya_style"}],
+                                           lora_merge_mode="runtime_peft"), timeout=300)
+        assert status.status == "loaded" and status.error is None
+        assert engine.pipeline is pipeline and pipeline.unet is not None
+        assert [Path(a["path"]).name for a in status.loaded_lora_adapters] == [
+            "kohya_style.safetensors"]
+        frames_after(2)
+        stream.close()
+    finally:
+        wider.unlink()
+
+
+def test_trying_a_lora_leaves_the_live_ones_as_they_were(models: dict[str, Path]) -> None:
+    pipeline = load(models, [{"path": "peft_style", "scale": 1.0},
+                             {"path": "kohya_style", "scale": 0.5}], "runtime_peft")
+    before = render(pipeline), render(pipeline, lora_scales=scales(kohya_style=0.0))
+    from pipeline.loras import LoraSpec
+    pipeline._adapters.try_load([LoraSpec(str(models["unet_only"]), 1.0, "runtime_peft")])
+    assert differs(render(pipeline), before[0]) < 0.05
+    assert differs(render(pipeline, lora_scales=scales(kohya_style=0.0)), before[1]) < 0.05

@@ -245,6 +245,31 @@ class StreamDiffusionPipeline(Pipeline):
             raise PipelineError(f"Warm-up failed: {type(exc).__name__}: {exc}") from exc
         progress(1.0, "ready")
 
+    def change_loras(self, params: LoadParams, progress: ProgressCallback) -> bool:
+        """New LoRAs on the loaded model, when nothing was fused into it (no permanent LoRA is
+        loaded now): each new file is tried first as an extra adapter (a file that does not fit
+        fails here, with the models untouched), then the old adapters are removed and the new
+        ones loaded. With fused LoRAs the weights have changed: False (a full reload)."""
+        if not isinstance(params, StreamDiffusionParams) or self.params.compile:
+            return False
+        if any(not spec.runtime for spec in self.params.lora_specs()):
+            return False
+        specs = params.lora_specs()
+        progress(0.2, f"checking {len(specs)} LoRA(s)")
+        adapters = self._adapters or SDAdapters(self.unet, self.text_encoder)
+        adapters.try_load(specs)  # raises PipelineError, models as they were
+        progress(0.6, "swapping LoRAs")
+        if self._adapters is not None:
+            self._adapters.unload_lora_weights()
+        self._adapters = None
+        if specs:
+            self._adapters = SDAdapters(self.unet, self.text_encoder)
+            self._adapters.load(specs)
+        self._embeddings.clear()  # embeddings depended on the old text-encoder LoRAs
+        self.params = params
+        progress(1.0, "ready")
+        return True
+
     def _speed_up(self) -> None:
         modules = (self.unet, self.vae.encoder, self.vae.decoder)
         if self.params.channels_last:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipeline.base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
+from pipeline.errors import PreviousKeptError
 from pipeline.params import FrameParams
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,18 @@ class LocalEngine:
 
     def load(self, cls: type[Pipeline], params: LoadParams, progress: ProgressCallback) -> None:
         """Build and load a pipeline, freeing the previous one first (GPU memory). Raises what
-        the pipeline raises; the engine is then empty."""
+        the pipeline raises; the engine is then empty. A load that only changes the LoRAs of
+        the loaded pipeline is done in place when the pipeline can (`change_loras`); if that
+        fails, PreviousKeptError: the pipeline as it was (and its sessions' state) stays."""
         with self._lock:
-            old, self.pipeline = self.pipeline, None
+            old = self.pipeline
+            if old is not None and type(old) is cls and _only_loras_differ(old.params, params):
+                try:
+                    if old.change_loras(params, progress):
+                        return
+                except PipelineError as exc:
+                    raise PreviousKeptError(str(exc)) from exc
+            self.pipeline = None
             self._states.clear()
             if old is not None:
                 progress(0.0, "unloading previous pipeline")
@@ -186,3 +196,11 @@ def as_chunk(output: object) -> np.ndarray:
         if output.ndim == 4 and output.shape[0] >= 1:
             return output
     raise PipelineError("a pipeline must return an H×W×3 image or a T×H×W×3 chunk, uint8 RGB")
+
+
+_LORA_FIELDS = {"loras", "lora_merge_mode"}
+
+
+def _only_loras_differ(old: LoadParams, new: LoadParams) -> bool:
+    return (type(old) is type(new) and old != new
+            and old.model_dump(exclude=_LORA_FIELDS) == new.model_dump(exclude=_LORA_FIELDS))

@@ -173,6 +173,8 @@ class PipelineService:
         stage: str | None = None
         if "loaded" in states:  # sessions can start: on the loaded workers
             status, progress = "loaded", 1.0
+            # a LoRA change that failed in place: still loaded, and why the change failed
+            error = next((w.error for w in workers if w.status == "loaded" and w.error), None)
         elif "loading" in states:
             status = "loading"
             progress = sum(w.progress or 0.0 for w in workers) / len(workers)

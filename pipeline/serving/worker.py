@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from pipeline import registry
 from pipeline.base import LoadParams, Pipeline, PipelineError
+from pipeline.errors import PreviousKeptError
 from pipeline.params import Mode, ParameterUpdate
 
 from .engine import Engine, Job, JobResult, WorkerLost
@@ -84,6 +85,7 @@ class Worker:
         self._status: Status = "not_loaded"
         self._cls: type[Pipeline] | None = None
         self._params: LoadParams | None = None
+        self._serving: tuple[type[Pipeline] | None, LoadParams | None] | None = None
         self._error: str | None = None
         self._stage: str | None = None
         self._progress: float | None = None
@@ -132,6 +134,8 @@ class Worker:
 
     def begin_load(self, cls: type[Pipeline], params: LoadParams) -> None:
         with self._cond:
+            # What serves now: kept if the load turns out to be a LoRA change that fails.
+            self._serving = (self._cls, self._params) if self._status == "loaded" else None
             self._status, self._error = "loading", None
             self._cls, self._params = cls, params
             self._stage, self._progress = "waiting for the frames in flight", 0.0
@@ -178,6 +182,10 @@ class Worker:
         started = time.perf_counter()
         try:
             self.engine.load(cls, params, self._set_progress)
+        except PreviousKeptError as exc:
+            self._tell(LoadDone(cls.id, time.perf_counter() - started, ok=False))
+            self._keep_serving(cls, params, str(exc))
+            return
         except Exception as exc:  # any failure becomes a status the user can read
             message = str(exc) if isinstance(exc, PipelineError | WorkerLost) else (
                 f"{type(exc).__name__}: {exc}")
@@ -209,6 +217,20 @@ class Worker:
                                    "no video. Reconnect with a video input.")
         self._tell(LoadDone(cls.id, time.perf_counter() - started, ok=True))
         log.info("worker %d (%s): pipeline %s loaded", self.index, self.label, cls.id)
+
+    def _keep_serving(self, cls: type[Pipeline], params: LoadParams, message: str) -> None:
+        """A LoRA change failed in place: the pipeline as it was serves on, sessions too; the
+        status says loaded (with what was loaded before) and why the change failed."""
+        with self._cond:
+            if self._cls is not cls or self._params is not params or self._serving is None:
+                return  # superseded by another load or an unload
+            self._cls, self._params = self._serving
+            self._status, self._stage, self._progress = "loaded", None, 1.0
+            self._error = f"The LoRA change failed; still serving the previous LoRAs: {message}"
+            self._cond.notify_all()
+        log.warning("worker %d: %s", self.index, self._error)
+        if self._on_adopt is not None and self._cls is not None and self._params is not None:
+            self._on_adopt(self._cls, self._params)
 
     def _set_progress(self, fraction: float, stage: str) -> None:
         with self._cond:

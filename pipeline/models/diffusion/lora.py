@@ -75,13 +75,26 @@ class SDAdapters(StableDiffusionLoraLoaderMixin):
                 for name, _ in self.runtime)
             self.set_scales(tuple(s.scale for _, s in self.runtime))
 
+    def try_load(self, specs: Sequence[LoraSpec]) -> None:
+        """Load each file as an extra adapter and remove it again: raises PipelineError for the
+        first that does not load, with the models as they were."""
+        try:
+            for spec in specs:
+                self._forget(self._load_one(spec))
+        finally:
+            # loading made each new adapter the active one: make the runtime ones active again
+            if self.runtime:
+                self.set_adapters([name for name, _ in self.runtime], list(self.scales))
+
     def _load_one(self, spec: LoraSpec) -> str:
         name = f"lora_{self._count}"
         self._count += 1
         path = Path(spec.path)
         try:
-            self.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name,
-                                   local_files_only=True)
+            with warnings.catch_warnings():  # PEFT's notes on adding/removing adapters
+                warnings.simplefilter("ignore", UserWarning)
+                self.load_lora_weights(str(path.parent), weight_name=path.name,
+                                       adapter_name=name, local_files_only=True)
         except Exception as exc:
             self._forget(name)
             raise PipelineError(_explain(path.name, exc)) from exc
@@ -95,13 +108,15 @@ class SDAdapters(StableDiffusionLoraLoaderMixin):
     def _forget(self, name: str) -> None:
         """Remove a half-loaded adapter so the models are as before."""
         try:
-            if name in _adapter_names(self.unet):
-                self.unet.delete_adapters([name])
-            if name in _adapter_names(self.text_encoder):
-                delete_adapter_layers(self.text_encoder, name)
-                self.text_encoder.peft_config.pop(name, None)
-                if not self.text_encoder.peft_config:
-                    _remove_text_encoder_monkey_patch(self.text_encoder)
+            with warnings.catch_warnings():  # PEFT's note on the active adapter changing
+                warnings.simplefilter("ignore", UserWarning)
+                if name in _adapter_names(self.unet):
+                    self.unet.delete_adapters([name])
+                if name in _adapter_names(self.text_encoder):
+                    delete_adapter_layers(self.text_encoder, name)
+                    self.text_encoder.peft_config.pop(name, None)
+                    if not self.text_encoder.peft_config:
+                        _remove_text_encoder_monkey_patch(self.text_encoder)
         except Exception:  # the error that got us here is the one to report
             log.exception("could not remove the half-loaded LoRA %s", name)
 
