@@ -3,11 +3,13 @@ the tiny random SD model, loaded through diffusers' own loaders (no downloads)."
 
 from __future__ import annotations
 
+import asyncio
 import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -397,3 +399,66 @@ def test_trying_a_lora_leaves_the_live_ones_as_they_were(models: dict[str, Path]
     pipeline._adapters.try_load([LoraSpec(str(models["unet_only"]), 1.0, "runtime_peft")])
     assert differs(render(pipeline), before[0]) < 0.05
     assert differs(render(pipeline, lora_scales=scales(kohya_style=0.0)), before[1]) < 0.05
+
+
+async def test_a_webrtc_sessions_look_follows_its_lora_scales(models: dict[str, Path]) -> None:
+    """The whole path: the app loads the tiny model with a runtime LoRA from its LoRA folder,
+    an aiortc client sends a still picture; `lora_scales` on the data channel turns the LoRA
+    off and on, and the frames coming back change and come back (a full VAE: random TAESD
+    weights hide most of a latent change from the pixels)."""
+    from aiortc import VideoStreamTrack
+    from av import VideoFrame
+
+    from signaling.client import LiveV2VClient
+    from tests.conftest import serve_in_thread
+
+    class Still(VideoStreamTrack):
+        async def recv(self) -> VideoFrame:
+            pts, time_base = await self.next_timestamp()
+            frame = VideoFrame.from_ndarray(np.ascontiguousarray(picture(3, (SIZE, SIZE))),
+                                            format="rgb24")
+            frame.pts, frame.time_base = pts, time_base
+            return frame
+
+    load_params = {"model_id": str(models["sd"]), "vae_id": "full", "height": SIZE,
+                   "width": SIZE, "loras": [{"path": "peft_style", "scale": 1.0}],
+                   "lora_merge_mode": "runtime_peft"}
+    with serve_in_thread(pipeline="streamdiffusion", load_params=load_params,
+                         lora_dir=models["loras"]) as server:
+        status = (await asyncio.to_thread(httpx.get,
+                                          f"{server.url}/api/v1/pipeline/status")).json()
+        assert status["status"] == "loaded", status
+        path = status["loaded_lora_adapters"][0]["path"]  # what Scope's app sends back
+        async with LiveV2VClient(server.url) as client:
+            await client.connect(Still(), {"noise_scale": 0.0, "denoising_step_list": [700]})
+
+            async def settled() -> np.ndarray:
+                """A frame once the stream shows a steady picture (same as the one before)."""
+                last = None
+                for _ in range(60):
+                    image = (await client.recv(timeout_s=30)).to_ndarray(format="rgb24")
+                    if last is not None and differs(image, last) < 1.0:
+                        return image
+                    last = image
+                raise AssertionError("the picture never settled")
+
+            async def switch(scale: float) -> np.ndarray:
+                await client.send({"lora_scales": [{"path": path, "scale": scale}]})
+                applied = await client.message("parameters_applied")
+                while applied["parameters"].get("lora_scales", [{}])[0].get("scale") != scale:
+                    applied = await client.message("parameters_applied")
+                return await settled()
+
+            on = await settled()
+            off = await switch(0.0)
+            assert differs(on, off) > 3.0
+            back = await switch(1.0)
+            assert differs(back, on) < differs(off, on) / 3
+            # a fused or unknown LoRA gets an error on the channel, not silence
+            await client.send({"lora_scales": [{"path": "nope", "scale": 0.5}]})
+            assert "not loaded" in (await client.message("error"))["error_message"]
+            # HTTP session parameters reach the same place
+            r = await asyncio.to_thread(httpx.post, f"{server.url}/api/v1/session/parameters",
+                                        json={"lora_scales": [{"path": path, "scale": 0.0}]})
+            assert r.status_code == 200 and r.json()["sessions"] == 1, r.text
+            assert differs(await settled(), off) < differs(off, on) / 3
