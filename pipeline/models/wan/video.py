@@ -25,16 +25,18 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
 
 from pipeline.base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
 from pipeline.hints import ui
+from pipeline.loras import LoraParams
 from pipeline.models.blending import conditioning
 from pipeline.models.diffusion.loading import is_out_of_memory, out_of_memory
 from pipeline.models.diffusion.noise import seeded_normal
@@ -61,8 +63,10 @@ from .weights import (
 _NOISE_TAG = 7  # seeds of this module's noise never coincide with streamdiffusion's
 
 
-class WanParams(LoadParams):
-    """`load_params` shared by the Wan pipelines (each sets its own defaults)."""
+class WanParams(LoraParams, LoadParams):
+    """`load_params` shared by the Wan pipelines (each sets its own defaults). `loras` are
+    fused into the generator at load (after the built-in `lora`); runtime_peft is not offered
+    for these pipelines yet."""
 
     height: int = Field(default=512, ge=16, le=2048, multiple_of=16,
                         description="Output height (multiple of 16: VAE 8× and 2×2 patches).",
@@ -122,6 +126,14 @@ class WanParams(LoadParams):
     compile: bool = Field(default=False, description="torch.compile the transformer blocks.",
         json_schema_extra=ui(24, "torch.compile"))
 
+    @model_validator(mode="after")
+    def _fused_loras_only(self) -> WanParams:
+        if any(spec.runtime for spec in self.lora_specs()):
+            raise ValueError("the Wan pipelines fuse LoRAs into the weights: use "
+                             "lora_merge_mode 'permanent' (live lora_scales is not available "
+                             "for them yet)")
+        return self
+
     def local_refs(self) -> list[str]:
         files = [r for r in (self.checkpoint, self.lora, self.vace_id)
                  if r and is_local_file_ref(r)]
@@ -159,7 +171,7 @@ class WanVideoPipeline(Pipeline):
 
     modes: ClassVar[tuple[Mode, ...]] = ("text", "video")
     supports_vace = True
-    supports_lora = False  # one merged `lora` at load; not Scope's LoRA API (loras, lora_scales)
+    supports_lora = True  # `loras`, fused at load (no live lora_scales: permanent only)
     supports_cache_management = True
     requires_models = True
     min_dimension = 16
@@ -208,7 +220,8 @@ class WanVideoPipeline(Pipeline):
 
         p = self.params
         wan = load_wan_model(p.model_id, p.checkpoint, p.lora, p.lora_alpha, self.device,
-                             self.dtype, progress)
+                             self.dtype, progress,
+                             [(Path(s.path), s.scale) for s in p.lora_specs()])
         self.setup(wan, progress)
 
     def setup(self, wan: WanModel, progress: ProgressCallback) -> None:

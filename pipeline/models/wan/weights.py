@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,10 +237,12 @@ def check_fit(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what:
 
 
 def merge_lora(state_dict: dict[str, torch.Tensor], lora: dict[str, torch.Tensor],
-               alpha: float | None, dtype: torch.dtype = torch.float32) -> int:
+               alpha: float | None, dtype: torch.dtype = torch.float32,
+               strength: float = 1.0) -> int:
     """Merge a PEFT LoRA (original or diffusers module names) into `state_dict` in place, the
     changed weights in `dtype` (the model's: a bf16 checkpoint loaded in float32 is not rounded
-    to bf16 after the merge); returns the number of layers changed."""
+    to bf16 after the merge), times `strength` (a `loras` entry's scale); returns the number of
+    layers changed."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in lora.items():
         match = _LORA_KEY.match(key)
@@ -254,7 +257,7 @@ def merge_lora(state_dict: dict[str, torch.Tensor], lora: dict[str, torch.Tensor
         a, b = ab["A"].float(), ab["B"].float()
         rank = a.shape[0]
         scale = (alpha if alpha is not None else rank) / rank
-        deltas[f"{module}.weight"] = (b @ a) * scale
+        deltas[f"{module}.weight"] = (b @ a) * (scale * strength)
     converted = to_diffusers_keys(deltas) if is_original_naming(deltas) else deltas
     unknown = [k for k in converted if k not in state_dict]
     if unknown:
@@ -268,6 +271,33 @@ def merge_lora(state_dict: dict[str, torch.Tensor], lora: dict[str, torch.Tensor
                                 f"{tuple(delta.shape)}.")
         state_dict[key] = (weight.float() + delta).to(dtype)
     return len(converted)
+
+
+def merge_loras(state_dict: dict[str, torch.Tensor], loras: Sequence[tuple[Path, float]],
+                dtype: torch.dtype) -> None:
+    """`load_params.loras` entries (fused, each at its scale): read and converted to diffusers'
+    names by diffusers' own Wan LoRA loader (`WanLoraLoaderMixin.lora_state_dict`: original Wan
+    `diffusion_model.…` keys, musubi-tuner/kohya `lora_unet_…` with alphas, diffusers/PEFT),
+    then merged as W += scale·B·A."""
+    from diffusers.loaders import WanLoraLoaderMixin
+
+    for path, scale in loras:
+        try:
+            lora = WanLoraLoaderMixin.lora_state_dict(str(path.parent), weight_name=path.name,
+                                                      local_files_only=True)
+        except Exception as exc:
+            raise PipelineError(f"LoRA {path.name} is not a Wan LoRA that diffusers reads "
+                                f"(original Wan, musubi/kohya or diffusers format): "
+                                f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        lora = {k.removeprefix("transformer."): v for k, v in lora.items()}
+        try:
+            changed = merge_lora(state_dict, lora, None, dtype, strength=scale)
+        except PipelineError as exc:
+            raise PipelineError(f"LoRA {path.name}: {exc} Wan pipelines take Wan2.1-T2V-1.3B "
+                                "LoRAs.") from None
+        skipped = sum(1 for k in lora if not _LORA_KEY.match(k))
+        log.info("merged LoRA %s (scale %g) into %d layers%s", path.name, scale, changed,
+                 f"; {skipped} other tensors (biases, norms) not merged" if skipped else "")
 
 
 # --- memory --------------------------------------------------------------------------------------
@@ -308,7 +338,8 @@ def _param_bytes(model_cls: Any, config: Any, dtype: torch.dtype) -> int:
 
 def load_wan_model(model_id: str, checkpoint: str | None, lora: str | None,
                    lora_alpha: float | None, device: torch.device, dtype: torch.dtype,
-                   progress: ProgressCallback) -> WanModel:
+                   progress: ProgressCallback,
+                   loras: Sequence[tuple[Path, float]] = ()) -> WanModel:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
@@ -350,9 +381,14 @@ def load_wan_model(model_id: str, checkpoint: str | None, lora: str | None,
         with step("transformer", "transformer"):
             transformer = WanTransformer3DModel.from_pretrained(
                 model.ref, dtype=dtype, **common(model, "transformer"))
+        if loras:
+            progress(0.6, f"merging {len(loras)} LoRA(s)")
+            state = dict(transformer.state_dict())
+            merge_loras(state, loras, dtype)
+            transformer.load_state_dict(state)
     else:
         transformer = _load_generator(t_config, checkpoint, lora, lora_alpha, model.ref, device,
-                                      dtype, progress)
+                                      dtype, progress, loras)
     progress(0.8, "moving transformer to the device")
     try:
         transformer = transformer.to(device)
@@ -368,7 +404,8 @@ def load_wan_model(model_id: str, checkpoint: str | None, lora: str | None,
 
 def _load_generator(config: Any, checkpoint: str, lora: str | None, lora_alpha: float | None,
                     model_ref: str, device: torch.device, dtype: torch.dtype,
-                    progress: ProgressCallback) -> torch.nn.Module:
+                    progress: ProgressCallback,
+                    loras: Sequence[tuple[Path, float]] = ()) -> torch.nn.Module:
     from diffusers import WanTransformer3DModel
 
     progress(0.4, "fetching generator checkpoint")
@@ -380,6 +417,9 @@ def _load_generator(config: Any, checkpoint: str, lora: str | None, lora_alpha: 
         lora_path = fetch_file(lora, "LoRA", device)
         changed = merge_lora(state, read_checkpoint(lora_path, "LoRA"), lora_alpha, dtype)
         log.info("merged %s into %d layers", lora_path.name, changed)
+    if loras:
+        progress(0.65, f"merging {len(loras)} LoRA(s)")
+        merge_loras(state, loras, dtype)
     progress(0.7, "building transformer")
     transformer = empty_model(WanTransformer3DModel, config)
     check_fit(transformer, state, f"generator checkpoint {checkpoint}", model_ref)
