@@ -47,7 +47,6 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.
 def write_unet_lora(model_dir: Path, out: Path, rank: int, seed: int) -> Path:
     from diffusers import UNet2DConditionModel
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
@@ -60,7 +59,8 @@ def write_unet_lora(model_dir: Path, out: Path, rank: int, seed: int) -> Path:
         for name, param in unet.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 0.01)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    # PEFT's own key names (diffusers' old-format converter only knows attention layers)
+    layers = get_peft_model_state_dict(unet)
     StableDiffusionLoraLoaderMixin.save_lora_weights(str(out.parent), weight_name=out.name,
                                                      unet_lora_layers=layers,
                                                      safe_serialization=True)
