@@ -107,7 +107,8 @@ def test_schemas_carry_scope_metadata_and_settings(http: httpx.Client) -> None:
     # Truthful metadata: what each pipeline actually does.
     assert pipelines["streamdiffusion"]["requires_models"] is True
     assert pipelines["passthrough"]["requires_models"] is False
-    assert [i for i, p in pipelines.items() if p["supports_lora"]] == ["streamdiffusion"]
+    assert {i for i, p in pipelines.items() if p["supports_lora"]} == {
+        "streamdiffusion", "longlive", "streamdiffusionv2"}
     assert not any(p["supports_quantization"] for p in pipelines.values())
     effect = pipelines["cpu-effect"]["config_schema"]["properties"]
     assert effect["noise_scale"]["ui"] == {"category": "configuration", "order": 41,
