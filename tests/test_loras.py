@@ -462,3 +462,12 @@ async def test_a_webrtc_sessions_look_follows_its_lora_scales(models: dict[str, 
                                         json={"lora_scales": [{"path": path, "scale": 0.0}]})
             assert r.status_code == 200 and r.json()["sessions"] == 1, r.text
             assert differs(await settled(), off) < differs(off, on) / 3
+
+
+def test_loras_for_a_pipeline_without_lora_support_are_refused(
+        lora_service: PipelineService) -> None:
+    with pytest.raises(LoraError, match="does not load LoRAs"):
+        lora_service.load("cpu-effect", {"loras": [{"path": "peft_style"}]})
+    assert lora_service.status().status == "not_loaded"
+    lora_service.load_blocking("cpu-effect", {"loras": []}, timeout=60)  # empty is fine
+    assert lora_service.status().status == "loaded"

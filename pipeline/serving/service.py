@@ -104,12 +104,13 @@ class PipelineService:
         LoraError (a LoRA file missing, cut off or not a LoRA: refused before anything is
         unloaded), LoadInProgressError."""
         cls = registry.get(pipeline_id)
+        if not cls.supports_lora and (load_params or {}).get("loras"):
+            raise LoraError(f"Pipeline {cls.id!r} does not load LoRAs; load it without "
+                            "`loras`, or pick a pipeline whose schema says supports_lora.")
         params = cls.Params.model_validate(load_params or {})
         for ref in params.local_refs():
             self.path_policy.check(ref)
         if isinstance(params, LoraParams) and params.loras:
-            if not cls.supports_lora:
-                raise LoraError(f"Pipeline {cls.id!r} does not load LoRAs.")
             folder = self.lora_folder or LoraFolder(None, self.path_policy)
             params = folder.resolve_params(params)
         with self._lock:
