@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.pipeline import build_random_sd_turbo  # noqa: E402
 from pipeline.base import FrameRequest  # noqa: E402
-from pipeline.loras import LoraFolder  # noqa: E402
+from pipeline.models.streamdiffusion import StreamDiffusionParams, StreamDiffusionPipeline  # noqa: E402
 from pipeline.params import ParameterState, ParameterUpdate  # noqa: E402
-from pipeline.streamdiffusion import StreamDiffusionParams, StreamDiffusionPipeline  # noqa: E402
+from pipeline.resources.loras import LoraFolder  # noqa: E402
 from tests.tiny_models import build_tiny_sd, build_tiny_taesd  # noqa: E402
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",

@@ -15,9 +15,9 @@ from .errors import (
     ParameterRejectedError,
     UnsupportedModeError,
 )
-from .loras import LoraError, LoraFolder
 from .params import FrameParams, Mode, ParameterUpdate, WeightedPrompt
 from .registry import UnknownPipelineError
+from .resources.loras import LoraError, LoraFolder
 from .resources.paths import ForbiddenPathError, LocalPathPolicy
 from .serving.frames import InputFrame, OutputFrame
 from .serving.service import PipelineService, PipelineStatus

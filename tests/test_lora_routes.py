@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.lora_install import mask, safe_filename
+from pipeline.resources.lora_install import mask, safe_filename
 from tests.conftest import Server, serve_in_thread
 from tests.local_hub import LocalHub
 from tests.tiny_loras import write_peft_lora

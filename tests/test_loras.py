@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from tests.test_streamdiffusion import SIZE, frame_params, picture, request
 
 from pipeline import (
     LocalPathPolicy,
@@ -23,16 +24,15 @@ from pipeline import (
     PipelineError,
     PipelineService,
 )
-from pipeline.loras import (
+from pipeline.models.streamdiffusion import StreamDiffusionParams, StreamDiffusionPipeline
+from pipeline.params import ParameterState, ParameterUpdate
+from pipeline.resources.loras import (
     LoraParams,
     check_lora_file,
     loaded_adapters,
     parse_scales,
     scale_overrides,
 )
-from pipeline.params import ParameterState, ParameterUpdate
-from pipeline.streamdiffusion import StreamDiffusionParams, StreamDiffusionPipeline
-from tests.test_streamdiffusion import SIZE, frame_params, picture, request
 from tests.tiny_loras import write_kohya_lora, write_peft_lora
 from tests.tiny_models import build_tiny_sd, build_tiny_taesd
 
@@ -395,7 +395,7 @@ def test_trying_a_lora_leaves_the_live_ones_as_they_were(models: dict[str, Path]
     pipeline = load(models, [{"path": "peft_style", "scale": 1.0},
                              {"path": "kohya_style", "scale": 0.5}], "runtime_peft")
     before = render(pipeline), render(pipeline, lora_scales=scales(kohya_style=0.0))
-    from pipeline.loras import LoraSpec
+    from pipeline.resources.loras import LoraSpec
     pipeline._adapters.try_load([LoraSpec(str(models["unet_only"]), 1.0, "runtime_peft")])
     assert differs(render(pipeline), before[0]) < 0.05
     assert differs(render(pipeline, lora_scales=scales(kohya_style=0.0)), before[1]) < 0.05

@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from safetensors.torch import save_file
 
 from pipeline.base import PipelineError
-from pipeline.longlive import LongLivePipeline
-from pipeline.wan.video import WanParams
-from pipeline.wan.weights import load_wan_model
+from pipeline.models.wan.longlive import LongLivePipeline
+from pipeline.models.wan.video import WanParams
+from pipeline.models.wan.weights import load_wan_model
 from tests.tiny_wan import build_tiny_wan
 
 CPU = torch.device("cpu")

@@ -34,15 +34,15 @@ from pydantic import Field
 
 from pipeline.base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
 from pipeline.hints import ui
-from pipeline.loras import LoraParams, runtime_scale_key, scale_overrides
 from pipeline.params import FrameParams, Mode, ParameterState, ParameterUpdate
 from pipeline.resources.hub import HubModel
+from pipeline.resources.loras import LoraParams, runtime_scale_key, scale_overrides
 from pipeline.resources.paths import looks_local
 
 from .blending import conditioning
 from .diffusion.loading import FULL_VAE, TAESD_ID, is_out_of_memory, load_sd_model, out_of_memory
-from .diffusion.noise import SessionNoise
 from .diffusion.lora import SDAdapters
+from .diffusion.noise import SessionNoise
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 VACE_MAX_STEP = 750
@@ -53,7 +53,7 @@ EMBEDDING_CACHE_SIZE = 64
 
 
 class StreamDiffusionParams(LoraParams, LoadParams):
-    """`load_params` of the `streamdiffusion` pipeline (LoRA fields: `pipeline.loras`)."""
+    """`load_params` of the `streamdiffusion` pipeline (LoRA fields: `pipeline.resources.loras`)."""
 
     model_id: str = Field(default=DEFAULT_MODEL, min_length=1, max_length=1000,
                           description="SD-1.x/2.x-style checkpoint: hub id or local folder "

@@ -31,8 +31,8 @@ from pydantic import BaseModel, Field
 from pipeline import registry
 from pipeline.base import LoadParams, Pipeline
 from pipeline.errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
-from pipeline.loras import LoraError, LoraFolder, LoraParams, loaded_adapters
 from pipeline.params import Mode, ParameterUpdate
+from pipeline.resources.loras import LoraError, LoraFolder, LoraParams, loaded_adapters
 from pipeline.resources.paths import LocalPathPolicy
 
 from .engine import Engine, LocalEngine

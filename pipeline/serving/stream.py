@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 from pipeline.base import Pipeline
 from pipeline.errors import LoraScaleError, UnsupportedModeError
-from pipeline.loras import LoraError, scale_overrides
 from pipeline.params import Mode, ParameterState, ParameterUpdate
+from pipeline.resources.loras import LoraError, scale_overrides
 
 from .frames import CLOCK_RATE, CLOCK_TIME_BASE, FrameWindow, InputFrame, OutputFrame
 from .stats import StreamStats

@@ -11,7 +11,7 @@ import asyncio
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.lora_install import (
+from pipeline.resources.lora_install import (
     DownloadRequest,
     DownloadResult,
     InstallError,
@@ -19,7 +19,7 @@ from pipeline.lora_install import (
     LoraInstaller,
     installed,
 )
-from pipeline.loras import LoraError, LoraFileInfo, LoraFolder
+from pipeline.resources.loras import LoraError, LoraFileInfo, LoraFolder
 
 from .context import ApiContext
 

@@ -30,7 +30,7 @@ from diffusers.utils.peft_utils import _create_lora_config, delete_adapter_layer
 from peft import inject_adapter_in_model, set_peft_model_state_dict
 
 from pipeline.base import PipelineError
-from pipeline.loras import LoraSpec
+from pipeline.resources.loras import LoraSpec
 
 log = logging.getLogger(__name__)
 

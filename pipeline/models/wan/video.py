@@ -36,13 +36,13 @@ from pydantic.fields import FieldInfo
 
 from pipeline.base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
 from pipeline.hints import ui
-from pipeline.loras import LoraParams
 from pipeline.models.blending import conditioning
 from pipeline.models.diffusion.loading import is_out_of_memory, out_of_memory
 from pipeline.models.diffusion.noise import seeded_normal
 from pipeline.models.streamdiffusion import crop_to_aspect
 from pipeline.params import FrameParams, Mode, ParameterState, WeightedPrompt
 from pipeline.resources.hub import HubModel
+from pipeline.resources.loras import LoraParams
 from pipeline.resources.paths import looks_local
 
 from . import sampling

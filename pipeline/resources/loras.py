@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .resources.paths import ForbiddenPathError, LocalPathPolicy
+from .paths import ForbiddenPathError, LocalPathPolicy
 
 LORA_EXTENSIONS = (".safetensors",)
 MAX_LORAS = 8
