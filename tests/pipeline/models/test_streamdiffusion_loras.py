@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
-from tests.test_streamdiffusion import SIZE, frame_params, picture, request
 
 from pipeline import (
     LocalPathPolicy,
@@ -33,6 +32,7 @@ from pipeline.resources.loras import (
     parse_scales,
     scale_overrides,
 )
+from tests.pipeline.models.test_streamdiffusion import SIZE, frame_params, picture, request
 from tests.tiny_loras import write_kohya_lora, write_peft_lora
 from tests.tiny_models import build_tiny_sd, build_tiny_taesd
 
