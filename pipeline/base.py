@@ -144,6 +144,24 @@ class Pipeline(ABC):
         for `/api/v1/models/status|download`. None for pipelines without weights."""
         return []
 
+    def fetch_weights(self, progress: ProgressCallback) -> None:
+        """Download the hub files `hub_models(self.params)` names that are not cached yet (the
+        dtype's variant where the repo has it), reporting bytes as the load's progress; a no-op
+        without network when all are cached. Raises PipelineError (disk too small, hub
+        unreachable) before anything is written."""
+        from .resources.hub import DownloadProgress, HubUnreachableError, ModelDownloadError, fetch
+
+        def report(p: DownloadProgress) -> None:
+            stage = f"downloading weights: {p.text}" if p.text else "planning the download"
+            progress(min(p.percentage / 100.0, 1.0), stage)
+
+        try:
+            fetch(self.hub_models(self.params), self.id, report)
+        except HubUnreachableError:
+            pass  # loading says what to do (or finds the weights in the cache after all)
+        except ModelDownloadError as exc:
+            raise PipelineError(str(exc)) from exc
+
     def load(self, progress: ProgressCallback) -> None:  # noqa: B027 - optional hook
         """Heavy setup (weights, warm-up). Raise `PipelineError` with an actionable message."""
 

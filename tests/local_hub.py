@@ -6,7 +6,10 @@ tests) as model repos over the few endpoints huggingface_hub calls to download t
 - `GET /api/models/{repo}/tree/{rev}[/{path}]`: the recursive file listing `snapshot_download`
   reads (path, size, git blob oid);
 - `HEAD`/`GET /{repo}/resolve/{rev}/{file}`: the file, with the headers `hf_hub_download` needs
-  (`X-Repo-Commit`, `ETag`, `Content-Length`).
+  (`X-Repo-Commit`, `ETag`, `Content-Length`), and `Range: bytes=N-` (206) for resumed transfers.
+
+`rate` throttles file bodies to that many bytes/s (a realistic link for benchmarks); `cut` makes
+the next GET of a file stop after that many bytes (a dropped connection).
 
 Anything else is 404 with the `X-Error-Code` huggingface_hub maps to its errors. Requests are
 logged in `requests` so that tests can see what was fetched.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +40,14 @@ class LocalHub:
         """When set to an unset Event, file downloads wait for it (a download 'in progress')."""
         self.held: set[str] | None = None
         """Only these files wait for the gate (None: all)."""
+        self.rate: float | None = None
+        """Bytes per second for file bodies (None: as fast as it goes)."""
+        self.cut: dict[str, int] = {}
+        """file → bytes after which its next GET drops the connection (once)."""
+        self.ranges: list[tuple[str, int]] = []
+        """(file, first byte) of every GET with a Range header."""
+        self.sent: dict[str, int] = {}
+        """file → body bytes sent, all GETs together."""
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -108,14 +120,41 @@ class LocalHub:
                 if body and hub.gate is not None and (hub.held is None or name in hub.held):
                     hub.gate.wait(60)
                 data = path.read_bytes()
-                self.send_response(200)
+                start = 0
+                wanted = self.headers.get("Range", "")
+                if body and wanted.startswith("bytes=") and wanted.endswith("-"):
+                    start = min(int(wanted[6:-1]), len(data))
+                    hub.ranges.append((name, start))
+                self.send_response(206 if start else 200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(len(data) - start))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.send_header("ETag", f'"{_git_blob_oid(data)}"')
                 self.send_header("X-Repo-Commit", hub.sha(repo))
                 self.end_headers()
                 if body:
-                    self.wfile.write(data)
+                    self._send_body(name, data[start:])
+
+            def _send_body(self, name: str, data: bytes) -> None:
+                stop = hub.cut.pop(name, None)
+                chunk = 64 * 1024
+                started = time.monotonic()
+                sent = 0
+                while sent < len(data):
+                    if stop is not None and sent >= stop:
+                        self.close_connection = True  # the transfer is cut here
+                        return
+                    end = min(len(data), sent + chunk, stop if stop is not None else len(data))
+                    if hub.rate:  # pace to the rate: wait until this chunk is due
+                        due = started + end / hub.rate
+                        time.sleep(max(0.0, due - time.monotonic()))
+                    try:
+                        self.wfile.write(data[sent:end])
+                    except OSError:
+                        return
+                    hub.sent[name] = hub.sent.get(name, 0) + end - sent
+                    sent = end
 
             def _json(self, value: object, body: bool) -> None:
                 data = json.dumps(value).encode()

@@ -173,11 +173,10 @@ def test_status_follows_the_loaded_pipelines_load_params(hub: LocalHub, server: 
     assert r.status_code == 200, r.text
     assert wait_until_loaded(server.url)["pipeline_id"] == "test-hub-echo"
     assert repos() == [TAESD]
-    assert status(server, "test-hub-echo")["downloaded"] is False
-    httpx.post(f"{server.url}/api/v1/models/download", json={"pipeline_id": "test-hub-echo"},
-               timeout=10).raise_for_status()
-    done = wait_status(server, "test-hub-echo", lambda s: s["downloaded"])
-    assert done["models"][0]["repo_id"] == TAESD
+    # The load fetched the files its load params name before the pipeline loaded.
+    assert status(server, "test-hub-echo")["downloaded"] is True
+    assert ("GET", f"/{TAESD}/resolve/{hub.sha(TAESD)}/config.json") in hub.requests
+    assert not any("org/default-model" in path for _, path in hub.requests)
 
 
 def test_unknown_pipelines_bad_input_and_pipelines_without_weights(

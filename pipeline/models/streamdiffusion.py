@@ -40,7 +40,14 @@ from pipeline.resources.loras import LoraParams, runtime_scale_key, scale_overri
 from pipeline.resources.paths import looks_local
 
 from .blending import conditioning
-from .diffusion.loading import FULL_VAE, TAESD_ID, is_out_of_memory, load_sd_model, out_of_memory
+from .diffusion.loading import (
+    FULL_VAE,
+    TAESD_ID,
+    WEIGHT_VARIANTS,
+    is_out_of_memory,
+    load_sd_model,
+    out_of_memory,
+)
 from .diffusion.lora import SDAdapters
 from .diffusion.noise import SessionNoise
 
@@ -204,21 +211,30 @@ class StreamDiffusionPipeline(Pipeline):
     @classmethod
     def hub_models(cls, params: LoadParams | None = None) -> list[HubModel]:
         """The checkpoint's tokenizer, text encoder, UNet and scheduler, and TAESD (or the
-        checkpoint's own VAE for vae_id='full'); local folders need nothing."""
+        checkpoint's own VAE for vae_id='full'); local folders need nothing. Weights in the
+        load dtype's variant (fp16 on CUDA) where the repo has it; the KL VAE in full precision
+        (it is loaded in float32)."""
         p = params if isinstance(params, StreamDiffusionParams) else StreamDiffusionParams()
+        try:
+            _, dtype = _resolve_device(p.device, p.dtype)
+        except PipelineError:  # no CUDA here: load() will say so
+            dtype = torch.float32
+        variant = WEIGHT_VARIANTS.get(dtype)
         sd = ["model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config.json",
               "text_encoder/model.safetensors", "unet/config.json",
               "unet/diffusion_pytorch_model.safetensors"]
         if p.vae_id == FULL_VAE:
             sd += ["vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
-        models = [HubModel(p.model_id, tuple(sd))]
+        models = [HubModel(p.model_id, tuple(sd), variant=variant, full_precision=("vae",))]
         if p.vae_id != FULL_VAE:
             models.append(HubModel(p.vae_id or TAESD_ID,
-                                   ("config.json", "diffusion_pytorch_model.safetensors")))
+                                   ("config.json", "diffusion_pytorch_model.safetensors"),
+                                   variant=variant))
         return [m for m in models if not looks_local(m.repo_id)]
 
 
     def load(self, progress: ProgressCallback) -> None:
+        self.fetch_weights(progress)
         sd = load_sd_model(self.params.model_id, self.params.vae_id, self.device, self.dtype,
                            progress)
         self.tokenizer, self.text_encoder, self.unet, self.vae = (

@@ -17,12 +17,19 @@ from the worker thread before its next round (so within one second: nothing wait
 and no frame is handed to its sink after that. Sessions of the same round in other calls carry
 on. A session ended by any other cause (unload, a failed load, a lost Ray worker) is told once
 too.
+
+Weights first: a load of a pipeline with hub files fetches what is not cached (once, for every
+worker; `downloads`, which /models/status reports too) before any worker unloads what it runs,
+so the previous pipeline keeps serving during the download, and still does when the download
+cannot happen (disk too small, hub unreachable): the status is then `error` with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +39,16 @@ from pipeline import registry
 from pipeline.base import LoadParams, Pipeline
 from pipeline.errors import LoadingError, LoadInProgressError, NotLoadedError, UnsupportedModeError
 from pipeline.params import Mode, ParameterUpdate
+from pipeline.resources.hub import (
+    DownloadInProgressError,
+    DownloadProgress,
+    HubModel,
+    HubUnreachableError,
+    ModelDownloadError,
+    ModelDownloads,
+    hub_offline,
+    is_cached,
+)
 from pipeline.resources.loras import LoraError, LoraFolder, LoraParams, loaded_adapters
 from pipeline.resources.paths import LocalPathPolicy
 
@@ -55,6 +72,8 @@ class PipelineStatus(BaseModel):
                                           "({path, scale, merge_mode}).")
     workers: list[WorkerStatus] = Field(default_factory=list)
     """Beyond Scope: each pipeline worker (device or Ray actor), its state and load."""
+    download: DownloadProgress | None = None
+    """Beyond Scope: while a load downloads its weights, the bytes, rate and files."""
 
 
 class PipelineService:
@@ -79,6 +98,13 @@ class PipelineService:
         self._lock = threading.Lock()
         self._pipeline_id: str | None = None
         self._load_params: LoadParams | None = None
+        self.downloads = ModelDownloads(self.hub_models_for)
+        self._fetching: tuple[type[Pipeline], LoadParams] | None = None
+        """A load whose weights are being fetched (the workers still run the previous one)."""
+        self._fetch_failed: tuple[str, LoadParams, str] | None = None
+        """(pipeline id, params, why) of a load whose weights could not be fetched."""
+        self._fetched = threading.Event()
+        self._fetched.set()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -114,6 +140,11 @@ class PipelineService:
             folder = self.lora_folder or LoraFolder(None, self.path_policy)
             params = folder.resolve_params(params)
         with self._lock:
+            if self._fetching is not None:
+                if self._fetching[0] is cls and self._fetching[1] == params:
+                    return  # joins the download under way
+                raise LoadInProgressError(f"Pipeline {self._fetching[0].id!r} is downloading its "
+                                          "weights; try again when it is done.")
             same = self._pipeline_id == pipeline_id and self._load_params == params
             if same and all(w.state in ("loading", "loaded") for w in self.workers):
                 # The same load again (after defaults; unknown keys are dropped) joins the
@@ -122,18 +153,87 @@ class PipelineService:
             if not same and any(w.state == "loading" for w in self.workers):
                 raise LoadInProgressError(
                     f"Pipeline {self._pipeline_id!r} is loading; try again when it is done.")
-            self._pipeline_id, self._load_params = pipeline_id, params
-            for worker in self.workers:
-                if not (same and worker.state in ("loading", "loaded")):
-                    worker.begin_load(cls, params)  # the same load retries where it failed
+            self._fetch_failed = None
+            models = cls.hub_models(params)
+            if models:
+                self._fetching, self._fetched = (cls, params), threading.Event()
+                threading.Thread(target=self._fetch_then_load, args=(cls, params, models),
+                                 name=f"fetch-{pipeline_id}", daemon=True).start()
+                return
+            self._begin_load(cls, params, same)
+
+    def _begin_load(self, cls: type[Pipeline], params: LoadParams, same: bool) -> None:
+        """With the lock held: every worker (but those already on this load) starts loading."""
+        self._pipeline_id, self._load_params = cls.id, params
+        for worker in self.workers:
+            if not (same and worker.state in ("loading", "loaded")):
+                worker.begin_load(cls, params)  # the same load retries where it failed
+
+    def hub_models_for(self, pipeline_id: str) -> list[HubModel]:
+        """What a pipeline loads from the hub: with the load params of the load under way or in
+        force when it is that pipeline, else with its defaults. Raises UnknownPipelineError."""
+        cls = registry.get(pipeline_id)
+        with self._lock:
+            pending, current = self._fetching, (self._pipeline_id, self._load_params)
+        if pending is not None and pending[0] is cls:
+            return cls.hub_models(pending[1])
+        if current[0] == pipeline_id and current[1] is not None:
+            return cls.hub_models(current[1])
+        return cls.hub_models()
+
+    def _fetch_then_load(self, cls: type[Pipeline], params: LoadParams,
+                         models: list[HubModel]) -> None:
+        """The loader of a pipeline with hub files: its weights, then the workers' load."""
+        done = self._fetched
+        try:
+            self._fetch_and_begin(cls, params, models)
+        finally:
+            done.set()
+
+    def _fetch_and_begin(self, cls: type[Pipeline], params: LoadParams,
+                         models: list[HubModel]) -> None:
+        error: str | None = None
+        try:
+            self._fetch(cls.id, models)
+        except HubUnreachableError as exc:  # the workers' load may find a cache, or says why
+            log.warning("could not plan the download for %s: %s", cls.id, exc)
+        except ModelDownloadError as exc:
+            error = str(exc)
+        except Exception as exc:  # reported as the load's error
+            log.exception("fetching the weights of %s failed", cls.id)
+            error = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            if self._fetching is None or self._fetching[0] is not cls or (
+                    self._fetching[1] is not params):
+                return
+            self._fetching = None
+            if error is not None:
+                log.error("loading %s failed before it started: %s", cls.id, error)
+                self._fetch_failed = (cls.id, params, error)
+                return
+            same = self._pipeline_id == cls.id and self._load_params == params
+            self._begin_load(cls, params, same)
+
+    def _fetch(self, pipeline_id: str, models: list[HubModel]) -> None:
+        """Download what is missing (or wait for the /models/download under way)."""
+        for _ in range(3):  # a download started elsewhere may have been for other params
+            if hub_offline() or all(is_cached(m) for m in models):
+                return
+            with contextlib.suppress(DownloadInProgressError):  # then wait for that one
+                self.downloads.start(pipeline_id, models)
+            self.downloads.wait(pipeline_id)
+            failure = self.downloads.failure(pipeline_id)
+            if failure is not None:
+                raise failure
 
     def unload(self) -> None:
         """Free the loaded pipeline on every worker (GPU memory included); sessions get
         stream_stopped. Raises LoadInProgressError while a load runs."""
         with self._lock:
-            if any(w.state == "loading" for w in self.workers):
+            if self._fetching is not None or any(w.state == "loading" for w in self.workers):
                 raise LoadInProgressError("A pipeline is loading; unload it when it is done.")
             self._pipeline_id, self._load_params = None, None
+            self._fetch_failed = None
         for worker in self.workers:
             worker.unload()
 
@@ -141,6 +241,10 @@ class PipelineService:
                       timeout: float | None = None) -> PipelineStatus:
         """Load and wait for the outcome on every worker (start-up, tests, benchmarks)."""
         self.load(pipeline_id, load_params)
+        started = time.monotonic()
+        self._fetched.wait(timeout)
+        if timeout is not None:
+            timeout = max(0.0, timeout - (time.monotonic() - started))
         for worker in self.workers:
             worker.join_loader(timeout)
         return self.status()
@@ -168,6 +272,24 @@ class PipelineService:
 
     def status(self) -> PipelineStatus:
         workers = [w.status() for w in self.workers]
+        with self._lock:
+            fetching, failed = self._fetching, self._fetch_failed
+        if fetching is not None:
+            cls, params = fetching
+            download = self.downloads.progress(cls.id)
+            if download is not None and download.is_downloading and download.text:
+                stage = f"downloading weights: {download.text}"
+            else:
+                download, stage = None, "checking the model files"
+            return PipelineStatus(
+                status="loading", pipeline_id=cls.id, load_params=params.model_dump(),
+                error=None, loading_stage=stage, workers=workers, download=download,
+                progress=0.0 if download is None else round(download.percentage / 100.0, 4))
+        if failed is not None:  # the previous pipeline (if any) still serves its sessions
+            pipeline_id, params, why = failed
+            return PipelineStatus(status="error", pipeline_id=pipeline_id,
+                                  load_params=params.model_dump(), error=why,
+                                  loading_stage=None, progress=None, workers=workers)
         states = [w.status for w in workers]
         error: str | None = None
         progress: float | None = None
@@ -215,7 +337,7 @@ class PipelineService:
         with self._lock:
             ready = [w for w in self.workers if w.state == "loaded"]
             if not ready:
-                if any(w.state == "loading" for w in self.workers):
+                if self._fetching is not None or any(w.state == "loading" for w in self.workers):
                     raise LoadingError("Pipeline is loading; retry shortly.")
                 errors = [w.error for w in self.workers if w.error]
                 reason = f" The last load failed: {errors[0]}" if errors else ""

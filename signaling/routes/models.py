@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import UnknownPipelineError
-from pipeline import registry as pipelines
 from pipeline.resources.hub import (
     DownloadInProgressError,
-    HubModel,
     HubOfflineError,
-    ModelDownloads,
     ModelStatus,
 )
 
@@ -33,24 +29,17 @@ class ModelDownloadRequest(BaseModel):
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(prefix="/models", tags=["models"])
 
-    def hub_models(pipeline_id: str) -> list[HubModel]:
-        """What the pipeline loads: with the load params in force when it is the loaded (or
-        loading) one, else with its defaults. Raises UnknownPipelineError."""
-        cls = pipelines.get(pipeline_id)
-        current = ctx.service.status()
-        if current.pipeline_id == pipeline_id and current.load_params:
-            with contextlib.suppress(ValidationError):
-                return cls.hub_models(cls.Params.model_validate(current.load_params))
-        return cls.hub_models()
-
-    downloads = ModelDownloads(hub_models)
+    # The service's own: a load's download shows here, and a download started here is the
+    # one a load then waits for.
+    downloads = ctx.service.downloads
 
     @api.get("/status", response_model=ModelStatus, responses={404: {}})
     async def status(pipeline_id: str = Query(min_length=1, max_length=200,
                                               pattern=r"^[A-Za-z0-9._-]+$")) -> ModelStatus:
         """`downloaded`: every hub file the pipeline loads (with the load params in force when
-        it is loaded, else its defaults) is in the local Hugging Face cache. `progress` while
-        a download runs (or after one failed)."""
+        it is loaded, else its defaults; the dtype's variant per component where the repo has
+        it) is in the local Hugging Face cache. `progress` while a download runs (or after one
+        failed): bytes, rate, time left, and the planned files with their sizes."""
         try:
             return await asyncio.to_thread(downloads.status, pipeline_id)
         except UnknownPipelineError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from pipeline.base import PipelineError, ProgressCallback
+from pipeline.resources.hub import folder_variant
 from pipeline.resources.paths import looks_local
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ FULL_VAE = "full"
 """`vae_id` value that selects the checkpoint's own `vae/` (AutoencoderKL)."""
 HUB_PROBE_TIMEOUT_S = 10.0
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+WEIGHT_VARIANTS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+"""The hub weights variant that matches a load dtype (float32 loads the full-precision files)."""
 _FOLDER_LAYOUT = ("a model folder is laid out like a hub repo: tokenizer/, text_encoder/, unet/, "
                   "scheduler/ (and vae/ for vae_id='full'), as written by save_pretrained")
 
@@ -115,6 +118,22 @@ def _not_cached(ref: str) -> str:
             "internet, then copy HF_HOME), unset HF_HUB_OFFLINE, or pass a local folder instead.")
 
 
+def component_variant(source: Source, subfolder: str | None, dtype: torch.dtype) -> str | None:
+    """`from_pretrained(variant=...)` for a component loaded in `dtype`: the dtype's variant
+    where its weights are on disk (the folder, or the cached snapshot: what the download chose
+    for that component), else None (the full-precision files)."""
+    wanted = WEIGHT_VARIANTS.get(dtype)
+    if wanted is None:
+        return None
+    if source.is_folder:
+        return folder_variant(Path(source.ref, subfolder or ""), wanted)
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(source.ref, f"{subfolder}/config.json" if subfolder
+                                    else "config.json")
+    return folder_variant(Path(config).parent, wanted) if isinstance(config, str) else None
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return (isinstance(exc, (torch.OutOfMemoryError, MemoryError))
@@ -193,25 +212,28 @@ def load_sd_model(model_id: str, vae_id: str | None, device: torch.device, dtype
     def common(source: Source, subfolder: str | None) -> dict[str, Any]:
         return {"subfolder": subfolder, "local_files_only": source.local_files_only}
 
+    def weights(source: Source, subfolder: str | None) -> dict[str, Any]:
+        return {**common(source, subfolder), "dtype": dtype,
+                "variant": component_variant(source, subfolder, dtype)}
+
     progress(0.05, "loading tokenizer")
     with loading("tokenizer", model, device, "tokenizer"):
         tokenizer = CLIPTokenizer.from_pretrained(model.ref, **common(model, "tokenizer"))
     progress(0.1, "loading text encoder")
     with loading("text encoder", model, device, "text_encoder"):
         text_encoder = CLIPTextModel.from_pretrained(
-            model.ref, dtype=dtype, **common(model, "text_encoder")).to(device)
+            model.ref, **weights(model, "text_encoder")).to(device)
     progress(0.25, "loading scheduler config")
     with loading("scheduler config", model, device, "scheduler"):
         alphas_cumprod, prediction_type = _noise_schedule(model)
     progress(0.3, "loading UNet")
     with loading("UNet", model, device, "unet"):
         unet = UNet2DConditionModel.from_pretrained(
-            model.ref, dtype=dtype, **common(model, "unet")).to(device)
+            model.ref, **weights(model, "unet")).to(device)
     progress(0.7, "loading VAE" if not tiny_vae else "loading tiny VAE (TAESD)")
     with loading("VAE", vae_source, device, None if tiny_vae else "vae"):
         if tiny_vae:
-            vae = AutoencoderTiny.from_pretrained(vae_source.ref, dtype=dtype,
-                                                  local_files_only=vae_source.local_files_only)
+            vae = AutoencoderTiny.from_pretrained(vae_source.ref, **weights(vae_source, None))
         else:
             # SD's KL VAE overflows in float16 (its config says force_upcast): keep it float32.
             vae = AutoencoderKL.from_pretrained(model.ref, **common(model, "vae"))
