@@ -27,7 +27,7 @@ from pipeline.models.passthrough import PassthroughPipeline
 from pipeline.registry import register
 from pipeline.resources.hub import HubModel
 from tests.conftest import ROOT, Server, free_port, serve_in_thread, wait_until_loaded
-from tests.local_hub import LocalHub
+from tests.local_hub import LocalHub, point_hub_at
 from tests.tiny_models import build_tiny_sd, build_tiny_taesd
 
 SD, TAESD = "stabilityai/sd-turbo", "madebyollin/taesd"
@@ -37,17 +37,6 @@ SD, TAESD = "stabilityai/sd-turbo", "madebyollin/taesd"
 def model_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hub-models")
     return {SD: build_tiny_sd(root / "sd"), TAESD: build_tiny_taesd(root / "taesd")}
-
-
-def point_hub_at(monkeypatch: pytest.MonkeyPatch, endpoint: str, home: Path) -> None:
-    """What HF_ENDPOINT / HF_HOME would have set, had they been set before the import."""
-    monkeypatch.setattr(hub_constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(hub_constants, "HF_HOME", str(home))
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
 @pytest.fixture

@@ -251,8 +251,12 @@ def is_cached(model: HubModel, cache_dir: str | None = None) -> bool:
 
 
 def format_bytes(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else (
-        f"{n / 1e3:.0f} kB" if n >= 1e3 else f"{int(n)} B")
+    """2.4 GB, 38 MB, 1.1 MB, 12 kB: decimal units, a decimal below 10."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 or unit == "GB" else f"{value:.0f} {unit}"
+    return f"{int(n)} B"
 
 
 def progress_text(done: int, total: int, rate: float | None, eta: float | None) -> str:
