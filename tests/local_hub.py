@@ -42,7 +42,9 @@ class LocalHub:
         self.held: set[str] | None = None
         """Only these files wait for the gate (None: all)."""
         self.rate: float | None = None
-        """Bytes per second for file bodies (None: as fast as it goes)."""
+        """Bytes per second for all file bodies together, like one link (None: unthrottled)."""
+        self._link = threading.Lock()
+        self._link_free_at = 0.0
         self.cut: dict[str, int] = {}
         """file → bytes after which its next GET drops the connection (once)."""
         self.ranges: list[tuple[str, int]] = []
@@ -62,6 +64,15 @@ class LocalHub:
         for name, path in self.files(repo).items():
             digest.update(name.encode() + path.read_bytes())
         return digest.hexdigest()
+
+    def reserve(self, size: int) -> float:
+        """Seconds to wait before sending `size` bytes: transfers share the `rate` in turn."""
+        assert self.rate
+        with self._link:
+            now = time.monotonic()
+            start = max(now, self._link_free_at)
+            self._link_free_at = start + size / self.rate
+            return self._link_free_at - now
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         hub = self
@@ -140,16 +151,14 @@ class LocalHub:
             def _send_body(self, name: str, data: bytes) -> None:
                 stop = hub.cut.pop(name, None)
                 chunk = 64 * 1024
-                started = time.monotonic()
                 sent = 0
                 while sent < len(data):
                     if stop is not None and sent >= stop:
                         self.close_connection = True  # the transfer is cut here
                         return
                     end = min(len(data), sent + chunk, stop if stop is not None else len(data))
-                    if hub.rate:  # pace to the rate: wait until this chunk is due
-                        due = started + end / hub.rate
-                        time.sleep(max(0.0, due - time.monotonic()))
+                    if hub.rate:
+                        time.sleep(hub.reserve(end - sent))
                     try:
                         self.wfile.write(data[sent:end])
                     except OSError:

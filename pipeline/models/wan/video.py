@@ -37,7 +37,7 @@ from pydantic.fields import FieldInfo
 from pipeline.base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
 from pipeline.hints import ui
 from pipeline.models.blending import conditioning
-from pipeline.models.diffusion.loading import is_out_of_memory, out_of_memory
+from pipeline.models.diffusion.loading import WEIGHT_VARIANTS, is_out_of_memory, out_of_memory
 from pipeline.models.diffusion.noise import seeded_normal
 from pipeline.models.streamdiffusion import crop_to_aspect
 from pipeline.params import FrameParams, Mode, ParameterState, WeightedPrompt
@@ -203,9 +203,15 @@ class WanVideoPipeline(Pipeline):
     @classmethod
     def hub_models(cls, params: LoadParams | None = None) -> list[HubModel]:
         """The base model's tokenizer, text encoder, VAE and transformer config (the whole
-        transformer without a checkpoint), and the checkpoint, LoRA and VACE hub files."""
+        transformer without a checkpoint), and the checkpoint, LoRA and VACE hub files; weights
+        in the load dtype's variant where the repo has one (the VAE in full precision: float16
+        loads keep it float32)."""
         p = params if isinstance(params, cls.Params) else cls.Params()
         assert isinstance(p, WanParams)
+        try:
+            variant = WEIGHT_VARIANTS.get(resolve_dtype(p.dtype, resolve_device(p.device)))
+        except PipelineError:  # no CUDA here: load() will say so
+            variant = None
         base = ["model_index.json", "tokenizer/*", "text_encoder/*", "vae/*", "scheduler/*",
                 "transformer/config.json" if p.checkpoint else "transformer/*"]
         repos: dict[str, list[str]] = {p.model_id: base}
@@ -213,12 +219,14 @@ class WanVideoPipeline(Pipeline):
             if ref and not is_local_file_ref(ref) and ref.count("/") >= 2:
                 repo, filename = split_hub_file(ref)
                 repos.setdefault(repo, []).append(filename)
-        return [HubModel(repo, tuple(files)) for repo, files in repos.items()
-                if not looks_local(repo)]
+        return [HubModel(repo, tuple(files), variant=variant if repo == p.model_id else None,
+                         full_precision=("vae",))
+                for repo, files in repos.items() if not looks_local(repo)]
 
     def load(self, progress: ProgressCallback) -> None:
 
         p = self.params
+        self.fetch_weights(progress)
         wan = load_wan_model(p.model_id, p.checkpoint, p.lora, p.lora_alpha, self.device,
                              self.dtype, progress,
                              [(Path(s.path), s.scale) for s in p.lora_specs()])

@@ -40,6 +40,7 @@ import torch
 from pipeline.base import PipelineError, ProgressCallback
 from pipeline.models.diffusion.loading import (
     Source,
+    component_variant,
     is_out_of_memory,
     loading,
     out_of_memory,
@@ -370,7 +371,8 @@ def load_wan_model(model_id: str, checkpoint: str | None, lora: str | None,
     progress(0.1, "loading text encoder (UMT5)")
     with step("text encoder", "text_encoder"):
         text_encoder = UMT5EncoderModel.from_pretrained(
-            model.ref, dtype=dtype, **common(model, "text_encoder")).to(device)
+            model.ref, dtype=dtype, variant=component_variant(model, "text_encoder", dtype),
+            **common(model, "text_encoder")).to(device)
     progress(0.3, "loading VAE")
     with step("VAE", "vae"):
         vae = AutoencoderKLWan.from_pretrained(
@@ -380,7 +382,8 @@ def load_wan_model(model_id: str, checkpoint: str | None, lora: str | None,
         progress(0.4, "loading transformer")
         with step("transformer", "transformer"):
             transformer = WanTransformer3DModel.from_pretrained(
-                model.ref, dtype=dtype, **common(model, "transformer"))
+                model.ref, dtype=dtype, variant=component_variant(model, "transformer", dtype),
+                **common(model, "transformer"))
         if loras:
             progress(0.6, f"merging {len(loras)} LoRA(s)")
             state = dict(transformer.state_dict())
