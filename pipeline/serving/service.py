@@ -284,7 +284,8 @@ class PipelineService:
             return PipelineStatus(
                 status="loading", pipeline_id=cls.id, load_params=params.model_dump(),
                 error=None, loading_stage=stage, workers=workers, download=download,
-                progress=0.0 if download is None else round(download.percentage / 100.0, 4))
+                progress=0.0 if download is None or not download.total_bytes else round(
+                    download.downloaded_bytes / download.total_bytes, 4))
         if failed is not None:  # the previous pipeline (if any) still serves its sessions
             pipeline_id, params, why = failed
             return PipelineStatus(status="error", pipeline_id=pipeline_id,
