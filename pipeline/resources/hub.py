@@ -363,7 +363,7 @@ class _Download:
         text = (progress_text(done, self.total_bytes, rate, eta)
                 if self.total_bytes is not None else None)
         return DownloadProgress(
-            is_downloading=self.running, percentage=round(percentage, 1),
+            is_downloading=self.running, percentage=percentage,
             current_artifact=self.current, error=self.error, downloaded_bytes=done,
             total_bytes=self.total_bytes, files_done=self.files_done,
             files_total=self.files_total, bytes_per_s=None if rate is None else round(rate),
@@ -435,7 +435,7 @@ def run_download(download: _Download, label: str, cache_dir: str | None = None,
             download.current, download.repo_bytes = model.repo_id, 0
         bars = _progress_bars(download)
         snapshot_download(model.repo_id, revision=model.revision,
-                          allow_patterns=[f.path for f in files if f.repo_id == model.repo_id],
+                          allow_patterns=[f.path for f in todo],
                           cache_dir=cache_dir, endpoint=endpoint, tqdm_class=bars,
                           max_workers=4)
         with download.lock:
