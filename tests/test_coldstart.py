@@ -23,7 +23,7 @@ import pytest
 import torch
 from huggingface_hub import try_to_load_from_cache
 
-from pipeline import InputFrame, LoadParams, PipelineService
+from pipeline import InputFrame, LoadParams, NotLoadedError, PipelineService
 from pipeline import hub as hub_module
 from pipeline.base import FrameRequest, Pipeline, PipelineError
 from pipeline.diffusion.loading import Source, component_variant
@@ -272,6 +272,8 @@ def test_the_previous_pipeline_serves_during_the_download_and_after_a_short_disk
     assert status.pipeline_id == "test-coldstart" and "1.0 kB free" in (status.error or "")
     assert "HF_HOME=" in (status.error or "")
     assert not sink.stopped and push(stream, sink, 100).max() == 0
+    other = RecordingSink()  # new sessions too
+    assert push(service.open_stream(other, offers_video=True), other, 100).max() == 0
     assert cache_files(Path(hub_constants.HF_HOME)) == []
     short_disk.undo()
 
@@ -298,3 +300,13 @@ def test_the_previous_pipeline_serves_during_the_download_and_after_a_short_disk
              and service.status().pipeline_id == "test-coldstart")
     assert push(stream, sink, 100).min() == 155  # inverted: the new pipeline
     assert service.downloads.status("test-coldstart").downloaded is True
+
+
+def test_a_short_disk_on_a_first_load_says_why_to_new_sessions(
+        hub: LocalHub, service: PipelineService, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "disk_free", lambda path: 1000)
+    status = service.load_blocking("test-coldstart", timeout=60)
+    assert status.status == "error" and "Not enough disk space" in (status.error or "")
+    with pytest.raises(NotLoadedError, match="Not enough disk space"):
+        service.open_stream(RecordingSink(), offers_video=True)
+    assert cache_files(Path(hub_constants.HF_HOME)) == []

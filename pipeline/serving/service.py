@@ -284,8 +284,8 @@ class PipelineService:
             return PipelineStatus(
                 status="loading", pipeline_id=cls.id, load_params=params.model_dump(),
                 error=None, loading_stage=stage, workers=workers, download=download,
-                progress=0.0 if download is None or not download.total_bytes else round(
-                    download.downloaded_bytes / download.total_bytes, 4))
+                progress=0.0 if download is None or not download.total_bytes else (
+                    download.downloaded_bytes / download.total_bytes))
         if failed is not None:  # the previous pipeline (if any) still serves its sessions
             pipeline_id, params, why = failed
             return PipelineStatus(status="error", pipeline_id=pipeline_id,
@@ -341,6 +341,8 @@ class PipelineService:
                 if self._fetching is not None or any(w.state == "loading" for w in self.workers):
                     raise LoadingError("Pipeline is loading; retry shortly.")
                 errors = [w.error for w in self.workers if w.error]
+                if self._fetch_failed is not None:
+                    errors.insert(0, self._fetch_failed[2])
                 reason = f" The last load failed: {errors[0]}" if errors else ""
                 raise NotLoadedError("Pipeline not loaded. Please load pipeline first." + reason)
             cls = ready[0].pipeline_class
