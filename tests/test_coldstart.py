@@ -4,7 +4,8 @@ and leaving the previous pipeline serving, when the cache's disk is too small.
 
 The real huggingface_hub download code runs against the local stand-in hub (tests/local_hub.py)
 serving tiny diffusers models written with save_pretrained, with and without `variant="fp16"`.
-The one patched probe is the free-space check at the OS boundary (`pipeline.hub.disk_free`)."""
+The one patched probe is the free-space check at the OS boundary
+(`pipeline.resources.hub.disk_free`)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 
 from pipeline import InputFrame, LoadParams, NotLoadedError, PipelineService
-from pipeline import hub as hub_module
 from pipeline.base import FrameRequest, Pipeline, PipelineError
-from pipeline.diffusion.loading import Source, component_variant
-from pipeline.hub import (
+from pipeline.models.diffusion.loading import Source, component_variant
+from pipeline.models.streamdiffusion import StreamDiffusionParams, StreamDiffusionPipeline
+from pipeline.registry import register
+from pipeline.resources import hub as hub_module
+from pipeline.resources.hub import (
     DiskSpaceError,
     DownloadProgress,
     HubModel,
@@ -36,8 +39,6 @@ from pipeline.hub import (
     select_files,
     variant_file,
 )
-from pipeline.registry import register
-from pipeline.streamdiffusion import StreamDiffusionParams, StreamDiffusionPipeline
 from tests.local_hub import LocalHub, point_hub_at
 from tests.pipelines import RecordingSink
 from tests.tiny_models import build_tiny_sd, build_tiny_taesd
