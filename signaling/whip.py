@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 
 from pipeline import ParameterUpdate
 
-from .ice import IceServer
+from .ice import IceServer, IceServerProvider
 from .messages import MessageError, parse_update
 from .models import MAX_CANDIDATES, MAX_SDP_BYTES, IceCandidateModel
 from .sdp import SdpError
@@ -82,6 +82,19 @@ def link_headers(servers: list[IceServer]) -> list[str]:
                          f'credential="{_quoted(server.credential)}"; credential-type="password"')
             links.append(link)
     return links
+
+
+async def with_ice_links(response: Response, ice: IceServerProvider) -> Response:
+    """`response` with the ICE servers as `Link` headers (answers and OPTIONS of WHIP/WHEP)."""
+    for link in link_headers(await ice.servers()):
+        response.headers.append("Link", link)
+    return response
+
+
+async def options_response(ice: IceServerProvider) -> Response:
+    """The answer to a WHIP/WHEP endpoint's OPTIONS: what it takes, and the ICE servers."""
+    return await with_ice_links(Response(status_code=204, headers={
+        "Accept-Post": SDP, "Allow": "OPTIONS, POST"}), ice)
 
 
 def _quoted(text: str) -> str:

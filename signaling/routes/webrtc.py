@@ -9,8 +9,9 @@ from pipeline import LoadingError, NotLoadedError, UnsupportedModeError
 from ..ice import IceServersResponse
 from ..models import CandidatesRequest, OfferRequest, OfferResponse
 from ..sdp import SdpError
-from ..sessions import CapacityError, ClientLimitError, UnknownSessionError
+from ..sessions import CapacityError, ClientLimitError
 from .context import RETRY_AFTER_S, ApiContext
+from .whep import open_viewer
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -42,16 +43,7 @@ def router(ctx: ApiContext) -> APIRouter:
 
     async def watch(body: OfferRequest, client: str | None) -> OfferResponse:
         """A recvonly offer watching another session: the same viewer as WHEP's."""
-        try:
-            viewer = await sessions.watch(body.watch, body.sdp, body.type, client)
-        except SdpError as exc:
-            raise HTTPException(400, str(exc)) from None
-        except UnknownSessionError as exc:
-            raise HTTPException(404, str(exc)) from None
-        except CapacityError as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
-        except ValueError as exc:
-            raise HTTPException(400, f"Unsupported offer: {exc}") from None
+        viewer = await open_viewer(sessions, body.watch, body.sdp, body.type, client)
         return OfferResponse(sdp=viewer.pc.localDescription.sdp, sessionId=viewer.id)
 
     @api.patch("/offer/{session_id}", status_code=204, responses={400: {}, 404: {}})

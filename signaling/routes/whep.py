@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from ..sdp import SdpError
-from ..sessions import CapacityError, UnknownSessionError
+from ..sessions import CapacityError, SessionRegistry, UnknownSessionError
 from ..viewer import Viewer
 from ..whip import (
     SDP,
@@ -17,46 +17,48 @@ from ..whip import (
     answer_other_methods,
     apply_fragment,
     etag_of,
-    link_headers,
+    options_response,
     read_body,
+    with_ice_links,
 )
 from .context import RETRY_AFTER_S, ApiContext
 from .whip import SDP_BODY
+
+
+async def open_viewer(sessions: SessionRegistry, session_id: str | None, sdp: str, sdp_type: str,
+                      client: str | None) -> Viewer:
+    """A viewer of a session's output (WHEP, or a Scope offer with `watch`), or the HTTP error
+    that says why not."""
+    try:
+        return await sessions.watch(session_id, sdp, sdp_type, client)
+    except SdpError as exc:
+        raise HTTPException(400, str(exc)) from None
+    except UnknownSessionError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except CapacityError as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
+    except ValueError as exc:  # aiortc refusing an offer it cannot answer
+        raise HTTPException(400, f"Unsupported offer: {exc}") from None
 
 
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(prefix="/whep", tags=["whep"])
     sessions = ctx.sessions
 
-    async def with_links(response: Response) -> Response:
-        for link in link_headers(await ctx.ice.servers()):
-            response.headers.append("Link", link)
-        return response
-
     async def options() -> Response:
         """The ICE servers as `Link: <…>; rel="ice-server"` headers."""
-        return await with_links(Response(status_code=204, headers={
-            "Accept-Post": SDP, "Allow": "OPTIONS, POST"}))
+        return await options_response(ctx.ice)
 
     async def play(session_id: str | None, request: Request) -> Response:
         sdp = await read_body(request, SDP)
         client = request.client.host if request.client else None
-        try:
-            viewer = await sessions.watch(session_id, sdp, "offer", client)
-        except SdpError as exc:
-            raise HTTPException(400, str(exc)) from None
-        except UnknownSessionError as exc:
-            raise HTTPException(404, str(exc)) from None
-        except CapacityError as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
-        except ValueError as exc:  # aiortc refusing an offer it cannot answer
-            raise HTTPException(400, f"Unsupported offer: {exc}") from None
+        viewer = await open_viewer(sessions, session_id, sdp, "offer", client)
         answer = viewer.pc.localDescription.sdp
         base = request.scope.get("root_path", "")
         response = Response(answer, status_code=201, media_type=SDP, headers={
             "Location": f"{base}/api/v1/whep/{viewer.watching}/{viewer.id}",
             "ETag": etag_of(answer), "Accept-Patch": SDPFRAG})
-        return await with_links(response)
+        return await with_ice_links(response, ctx.ice)
 
     responses = {201: SDP_BODY, 400: {}, 404: {}, 415: {}, 503: {}}
     extra = {"requestBody": {"required": True, **SDP_BODY}}

@@ -22,9 +22,10 @@ from ..whip import (
     answer_other_methods,
     apply_fragment,
     etag_of,
-    link_headers,
+    options_response,
     query_parameters,
     read_body,
+    with_ice_links,
 )
 from .context import RETRY_AFTER_S, ApiContext
 
@@ -35,16 +36,10 @@ def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(prefix="/whip", tags=["whip"])
     sessions = ctx.sessions
 
-    async def with_links(response: Response) -> Response:
-        for link in link_headers(await ctx.ice.servers()):
-            response.headers.append("Link", link)
-        return response
-
     @api.options("", status_code=204)
     async def options() -> Response:
         """The ICE servers as `Link: <…>; rel="ice-server"` headers (RFC 9725 §4.6)."""
-        return await with_links(Response(status_code=204, headers={
-            "Accept-Post": SDP, "Allow": "OPTIONS, POST"}))
+        return await options_response(ctx.ice)
 
     @api.post("", status_code=201, responses={201: SDP_BODY, 400: {}, 415: {}, 429: {}, 503: {}},
               openapi_extra={"requestBody": {"required": True, **SDP_BODY}})
@@ -72,7 +67,7 @@ def router(ctx: ApiContext) -> APIRouter:
         response = Response(answer, status_code=201, media_type=SDP, headers={
             "Location": f"{base}/api/v1/whip/{session.id}", "ETag": etag_of(answer),
             "Accept-Patch": SDPFRAG})
-        return await with_links(response)
+        return await with_ice_links(response, ctx.ice)
 
     def find(session_id: str) -> Session:
         session = sessions.get(session_id)
