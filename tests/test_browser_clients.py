@@ -387,9 +387,13 @@ def test_receive_only_client(open_client: Any, pages_url: str) -> None:
         state = v2v(page)
         patches = log.calls("PATCH", f"/api/v1/webrtc/offer/{state['sessionId']}")
         assert patches, "no PATCH sent"
-        assert state["queuedAtAnswer"] >= 2, "expected several candidates before the answer"
-        assert len(sent_candidates(patches[0])) == state["queuedAtAnswer"]
-        assert len(patches) == 1 + state["candidates"] - state["queuedAtAnswer"]
+        # How many candidates Chromium gathers before the answer is its timing (0 on a loaded
+        # machine, seen in a run at load 14): those queued go in one PATCH, later ones alone.
+        queued = state["queuedAtAnswer"]
+        if queued:
+            assert len(sent_candidates(patches[0])) == queued
+        assert len(patches) == (1 if queued else 0) + state["candidates"] - queued
+        assert all(len(sent_candidates(p)) == 1 for p in patches[1 if queued else 0:])
         assert statuses(patches) == [204] * len(patches)
         assert_cors(log, pages_url, server.url)
         log.assert_clean()
