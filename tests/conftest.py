@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -98,12 +98,7 @@ def serve_process(*args: str, log_name: str = "server") -> Iterator[Server]:
         wait_until_loaded(url, timeout_s=300, api_key=key, proc=proc)
         yield Server(url=url, app=None)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        end_process(proc, log)
 
 
 @pytest.fixture
@@ -140,3 +135,13 @@ def browser() -> Iterator[Any]:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield browser
         browser.close()
+
+
+def end_process(proc: subprocess.Popen, log: IO) -> None:
+    """Stop a server process started by a test (terminate, then kill after 15 s), close its log."""
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

@@ -23,7 +23,7 @@ import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
-from tests.conftest import OUTPUT, free_port, wait_until_loaded
+from tests.conftest import OUTPUT, end_process, free_port, wait_until_loaded
 from tests.studio_checks import stop, stream_and_steer
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "notebook.ipynb"
@@ -140,12 +140,7 @@ def jupyter_server(runtime: Path, root_dir: Path) -> Iterator[Callable[[], str]]
     try:
         yield ready
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        end_process(proc, log)
 
 
 @pytest.mark.browser
