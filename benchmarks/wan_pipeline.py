@@ -12,6 +12,13 @@ Wan2.1-VACE-1.3B's 15 VACE blocks; `--tiny` uses the test model instead. Random 
 pictures meaningless but the compute identical. Sessions are processed one after another
 (each has its own KV cache), as the service does.
 
+`--lora-modes none,permanent,runtime_peft` measures each in turn on the same model with a random
+LoRA of `--lora-rank` on every linear layer of every block (self/cross attention q, k, v, o and
+the feed-forward pair, as Wan trainers and LongLive's own LoRA target them): `none`, fused into
+the weights (`permanent`), and as a PEFT adapter (`runtime_peft`; `--lora-scale-every N` sends a
+new `lora_scales` every N chunks: each change is one `set_adapters` pass and, with manage_cache,
+a KV-cache restart).
+
 Per session count: `first_chunk_ms` (a fresh session's first call: 1 + 4k frames), the chunk
 latency (every session's next chunk, one after another), frames/s per session and in total, and
 peak VRAM. `first_frame_ms_est` adds the time to collect the first chunk at `--input-fps` (video
@@ -40,10 +47,12 @@ if str(ROOT) not in sys.path:
 
 from pipeline.base import FrameRequest  # noqa: E402
 from pipeline.models.wan.longlive import LongLivePipeline  # noqa: E402
+from pipeline.models.wan.loras import Fused, RuntimeAdapters, fuse  # noqa: E402
 from pipeline.models.wan.streamdiffusionv2 import StreamDiffusionV2Pipeline  # noqa: E402
 from pipeline.models.wan.video import WanVideoPipeline  # noqa: E402
 from pipeline.models.wan.weights import WanModel  # noqa: E402
 from pipeline.params import ParameterState, ParameterUpdate  # noqa: E402
+from pipeline.resources.loras import LoraSpec  # noqa: E402
 
 PIPELINES: dict[str, type[WanVideoPipeline]] = {
     "longlive": LongLivePipeline, "streamdiffusionv2": StreamDiffusionV2Pipeline}
@@ -131,11 +140,49 @@ def step_list(pipeline: WanVideoPipeline, mode: str, steps: int | None) -> list[
     return [round(default[0] * (steps - i) / steps) for i in range(steps)]
 
 
+LORA_MODULES = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q",
+                "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2")
+
+
+def write_random_lora(model: torch.nn.Module, path: Path, rank: int) -> Path:
+    """A diffusers-format LoRA of `rank` on every block's linear layers, small random values."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for i in range(len(model.blocks)):
+        for name in LORA_MODULES:
+            out_f, in_f = model.get_submodule(f"blocks.{i}.{name}").weight.shape
+            key = f"transformer.blocks.{i}.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, in_f, generator=generator) * 0.01
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out_f, rank, generator=generator) * 0.01
+    save_file(tensors, str(path))
+    return path
+
+
+def set_lora_mode(pipeline: WanVideoPipeline, mode: str, lora: Path | None) -> None:
+    """Put the model in LoRA `mode` (from `none`, in the order none → runtime_peft → permanent:
+    fusing is not undone)."""
+    model = pipeline.transformer.model
+    if pipeline._adapters is not None:
+        pipeline._adapters.clear()
+        pipeline._adapters = None
+    if mode == "runtime_peft" and lora is not None:
+        pipeline._adapters = RuntimeAdapters(model)
+        pipeline._adapters.load([LoraSpec(str(lora), 1.0, "runtime_peft")])
+    elif mode == "permanent" and lora is not None:
+        state = dict(model.state_dict())
+        fuse(state, [Fused(lora)], pipeline.dtype)
+        model.load_state_dict(state)
+
+
 def request(pipeline: WanVideoPipeline, state: Any, mode: str, session: int,
-            rng: np.random.Generator, steps: list[int]) -> FrameRequest:
+            rng: np.random.Generator, steps: list[int],
+            lora: tuple[str, float] | None = None) -> FrameRequest:
     update = ParameterUpdate.model_validate(
         {"prompts": [{"text": f"a painting, session {session}", "weight": 1.0}], "seed": session,
-         "denoising_step_list": steps})
+         "denoising_step_list": steps,
+         **({"lora_scales": [{"path": lora[0], "scale": lora[1]}]} if lora else {})})
     params = ParameterState(update).snapshot(pipeline.mode_defaults()[mode])  # type: ignore[index]
     size = (pipeline.params.height, pipeline.params.width)
     frames = None
@@ -153,7 +200,9 @@ def timed(pipeline: WanVideoPipeline, batch: list[FrameRequest]) -> tuple[float,
 
 
 def measure(pipeline: WanVideoPipeline, sessions: int, args: argparse.Namespace,
-            steps: list[int]) -> dict[str, Any]:
+            steps: list[int], lora: str | None = None) -> dict[str, Any]:
+    """`lora`: the runtime LoRA's path when its scale changes every `args.lora_scale_every`
+    chunks."""
     rng = np.random.default_rng(0)
     cuda = pipeline.device.type == "cuda"
     if cuda:
@@ -166,8 +215,11 @@ def measure(pipeline: WanVideoPipeline, sessions: int, args: argparse.Namespace,
         timed(pipeline, [request(pipeline, states[s], args.mode, s, rng, steps)])
     rounds: list[float] = []
     frames = 0
-    for _ in range(args.chunks):
-        ms, produced = timed(pipeline, [request(pipeline, st, args.mode, s, rng, steps)
+    for chunk in range(args.chunks):
+        scale = None
+        if lora and args.lora_scale_every:
+            scale = (lora, 1.0 - 0.5 * ((chunk // args.lora_scale_every) % 2))
+        ms, produced = timed(pipeline, [request(pipeline, st, args.mode, s, rng, steps, scale)
                                         for s, st in enumerate(states)])
         rounds.append(ms)
         frames = produced // sessions
@@ -206,6 +258,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="default: the pipeline's default mode")
     parser.add_argument("--input-fps", type=float, default=20.0)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--lora-modes", default="none",
+                        help="LoRA modes to measure in turn: none, runtime_peft, permanent")
+    parser.add_argument("--lora-rank", type=int, default=32)
+    parser.add_argument("--lora-scale-every", type=int, default=0,
+                        help="runtime_peft: a new scale every N chunks (0: never)")
     parser.add_argument("--steps", default=None,
                         help="numbers of denoising steps to measure, e.g. 1,2 (evenly spaced "
                              "from the mode's first step); default: the mode's own list")
@@ -245,12 +302,22 @@ def main(argv: list[str] | None = None) -> None:
           flush=True)
     results = []
     counts = [int(n) for n in args.steps.split(",")] if args.steps else [None]
-    for sessions, count in [(s, c) for c in counts for s in map(int, args.sessions.split(","))]:
+    order = ("none", "runtime_peft", "permanent")  # fusing is not undone: last
+    lora_modes = sorted(args.lora_modes.split(","), key=order.index)
+    lora = None
+    if lora_modes != ["none"]:
+        lora = write_random_lora(model, Path(tempfile.mkdtemp(prefix="bench-wan-lora-"))
+                                 / "random.safetensors", args.lora_rank)
+    for lora_mode, sessions, count in [(m, s, c) for m in lora_modes for c in counts
+                                       for s in map(int, args.sessions.split(","))]:
+        set_lora_mode(pipeline, lora_mode, lora)
         steps = step_list(pipeline, args.mode, count)
-        result = measure(pipeline, sessions, args, steps)
+        live = str(lora) if lora_mode == "runtime_peft" else None
+        result = {"lora_mode": lora_mode, **measure(pipeline, sessions, args, steps, live)}
         results.append(result)
         vram = f", VRAM peak {result['vram_peak_gb']} GB" if "vram_peak_gb" in result else ""
-        print(f"steps={steps} sessions={sessions}: {result['fps_per_session']:.1f} frames/s per "
+        print(f"lora={lora_mode} steps={steps} sessions={sessions}: "
+              f"{result['fps_per_session']:.1f} frames/s per "
               f"session "
               f"({result['fps_total']:.1f} total), chunk of {result['frames_per_chunk']} frames "
               f"{result['chunk_ms_p50']:.0f} ms, first chunk {result['first_chunk_ms']:.0f} ms"
@@ -259,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "pipeline", "pipeline": args.config, "tiny": args.tiny, "vace": args.vace,
         "random_weights": True, "mode": args.mode, "size": list(size), "device": device,
         "dtype": str(pipeline.dtype), "compile": args.compile,
+        "lora_rank": args.lora_rank if lora else None,
+        "lora_scale_every": args.lora_scale_every if lora else None,
         "transformer_params_m": round(params_m, 1), "load_s": round(load_s, 2),
         "torch": torch.__version__, "python": platform.python_version(), "results": results,
     }))

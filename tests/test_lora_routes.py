@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from pipeline.resources.lora_install import mask, safe_filename
 from tests.conftest import Server, serve_in_thread
@@ -111,6 +112,16 @@ def hubs(lora_bytes: bytes, tmp_path_factory: pytest.TempPathFactory
     (repo / "sub").mkdir()
     (repo / "sub" / "pixel.safetensors").write_bytes(lora_bytes)
     (repo / "not_a_lora.safetensors").write_bytes(b"<html>oops</html>")
+    models = repo / "models"  # LongLive-1.3B's layout: its LoRA is a torch.save'd PEFT dict
+    models.mkdir()
+    torch.save({"generator_lora": {
+        "base_model.model.blocks.0.self_attn.q.lora_A.weight": torch.randn(4, 16),
+        "base_model.model.blocks.0.self_attn.q.lora_B.weight": torch.randn(16, 4)},
+        "step": 3000}, models / "lora.pt")
+    torch.save({"generator": {"model.blocks.0.self_attn.q.weight": torch.randn(16, 16)}},
+               models / "longlive_base.pt")
+    whole = (models / "lora.pt").read_bytes()
+    (models / "cut.pt").write_bytes(whole[: len(whole) // 2])
     hub = LocalHub({"someone/style-lora": repo})
     civitai = StandInCivitai({"123": lora_bytes, "124": lora_bytes, "125": lora_bytes})
     with hub.running(), civitai.running():
@@ -170,6 +181,23 @@ def test_install_from_the_hub_lists_and_deletes(server: Server, hubs: Any,
     assert api(server, "DELETE", "/loras/hub_style").status_code == 200
     assert api(server, "DELETE", "/loras/hub_style").status_code == 404
     assert "hub_style" not in names(server)
+
+
+def test_a_pytorch_lora_installs_and_a_full_model_or_cut_file_does_not(server: Server,
+                                                                        hubs: Any) -> None:
+    hub, _ = hubs
+    base = f"{hub.url}/someone/style-lora/resolve/main/models"
+    r = api(server, "POST", "/loras", json={"url": f"{base}/lora.pt",
+                                            "filename": "longlive_lora.pt"})
+    assert r.status_code == 200, r.text
+    assert "longlive_lora" in names(server)
+    r = api(server, "POST", "/loras", json={"url": f"{base}/longlive_base.pt"})
+    assert r.status_code == 400 and "holds no LoRA weights" in r.json()["detail"]
+    r = api(server, "POST", "/loras", json={"url": f"{base}/cut.pt"})
+    assert r.status_code == 400 and "not a complete PyTorch zip" in r.json()["detail"]
+    assert not any(p.name.startswith(("longlive_base", "cut", "."))
+                   for p in lora_dir(server).rglob("*"))
+    assert api(server, "DELETE", "/loras/longlive_lora").status_code == 200
 
 
 def test_install_from_civitai_uses_its_api_and_the_token(server: Server, hubs: Any) -> None:
@@ -263,7 +291,7 @@ def test_too_large_a_file_is_refused(server: Server, hubs: Any, tmp_path: Path) 
     {"url": 5},
     {"url": "https://huggingface.co/a/b/resolve/main/x.safetensors", "subfolder": "../up"},
     {"url": "https://huggingface.co/a/b/resolve/main/x.safetensors", "subfolder": "/abs"},
-    {"url": "https://huggingface.co/a/b/resolve/main/x.safetensors", "filename": "../x.pt"},
+    {"url": "https://huggingface.co/a/b/resolve/main/x.safetensors", "filename": "../x.ckpt"},
     {"url": "https://civitai.com/models/12345"},
     {},
     [],
@@ -279,7 +307,7 @@ def test_install_rejects_bad_input_with_4xx(server: Server, body: Any) -> None:
     {"source": "huggingface"},
     {"source": "huggingface", "repo_id": "../../etc", "hf_filename": "x.safetensors"},
     {"source": "huggingface", "repo_id": "a/b", "hf_filename": "../../x.safetensors"},
-    {"source": "huggingface", "repo_id": "a/b", "hf_filename": "x.bin"},
+    {"source": "huggingface", "repo_id": "a/b", "hf_filename": "x.ckpt"},
     {"source": "civitai"},
     {"source": "civitai", "version_id": "abc"},
     {"source": "url"},

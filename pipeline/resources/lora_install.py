@@ -8,7 +8,8 @@
   Authorization header, never in a URL; a `token=` a user put in a URL is masked wherever the URL
   is shown (progress, logs, errors).
 - The file is written to a hidden temporary name in the destination folder, checked to be a
-  whole safetensors LoRA, then renamed into place: a failed or cut-off download leaves no file
+  whole LoRA (safetensors, or a PyTorch zip read without unpickling: `loras.check_lora_file`),
+  then renamed into place: a failed or cut-off download leaves no file
   behind. Its size is capped (`max_bytes`), before (Content-Length) and while reading.
 - Progress of every running or recently finished install is kept for `GET /lora/downloads`.
 """
@@ -106,9 +107,9 @@ def safe_filename(name: str) -> str:
     if not name or len(name) > 200:
         raise InstallError(400, "The file name is empty or too long; give `filename`.")
     if Path(name).suffix.lower() not in LORA_EXTENSIONS:
-        raise InstallError(400, f"{name!r} is not a .safetensors file: only safetensors LoRAs "
-                                "are installed (a .ckpt/.pt/.bin file is a pickle that can run "
-                                "code). Give `filename` if the URL does not end in the name.")
+        raise InstallError(400, f"{name!r} is not a LoRA file name: .safetensors, .pt, .pth "
+                                "or .bin (a .ckpt is a full checkpoint). Give `filename` if the "
+                                "URL does not end in the name.")
     return name
 
 
@@ -286,7 +287,8 @@ class LoraInstaller:
             progress = InstallProgress(id=key, filename=dest.name, url=mask(plan.url),
                                        status="downloading")
             self._progress[key] = progress
-        part = dest.with_name(f".{dest.name}.{key}.part")
+        # hidden (never listed) and ending in the LoRA's own suffix (checked by its format)
+        part = dest.with_name(f".{dest.stem}.{key}.part{dest.suffix}")
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             digest, size = self._fetch(plan, part, progress)

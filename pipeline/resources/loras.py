@@ -9,7 +9,11 @@
   folder obey the server's local-path policy. The service resolves every entry to its absolute
   path before loading (`LoraFolder.resolve_params`) and checks the file is a complete
   safetensors file holding LoRA weights, so a bad file is refused before anything is unloaded.
-- Only `.safetensors`: a `.bin`/`.pt` LoRA is a pickle (code) that a downloaded file must not run.
+- Files: `.safetensors`, and PyTorch's zip format (`.pt`, `.pth`, `.bin`: training checkpoints
+  such as LongLive's lora.pt). The latter are pickles, so they are only ever read with
+  `torch.load(weights_only=True)` (tensors and plain containers; no code runs), and checked here
+  without unpickling: a whole zip whose pickle names LoRA weights. Legacy (pre-zip) pickles and
+  `.ckpt` files are refused.
 
 Nothing here imports torch: the signaling side validates `lora_scales` with it.
 """
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickletools
 import struct
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .paths import ForbiddenPathError, LocalPathPolicy
 
-LORA_EXTENSIONS = (".safetensors",)
+LORA_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin")
+TORCH_EXTENSIONS = (".pt", ".pth", ".bin")
 MAX_LORAS = 8
 MAX_SCALE = 10.0
 MergeMode = Literal["permanent", "runtime_peft"]
@@ -51,7 +58,8 @@ class LoraEntry(BaseModel):
 
     path: str = Field(min_length=1, max_length=1000,
                       description="A file in the LoRA folder (name or relative path) or an "
-                                  "absolute path to a .safetensors LoRA.")
+                                  "absolute path to a LoRA (.safetensors, or a .pt/.pth/.bin "
+                                  "PyTorch file).")
     scale: float = Field(default=1.0, ge=-MAX_SCALE, le=MAX_SCALE, allow_inf_nan=False,
                          description="Strength; 0 disables it, 1 is full strength.")
     merge_mode: MergeMode | None = Field(
@@ -240,9 +248,41 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
+def read_torch_keys(path: Path) -> list[str]:
+    """The strings a PyTorch zip-format file's pickle holds (its keys among them), read with
+    `pickletools` (nothing is unpickled). A cut-off download has no zip directory and fails
+    here. Raises LoraError."""
+    name = path.name
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
+            if len(pickles) != 1:
+                raise LoraError(f"{name} is not a PyTorch file (no data.pkl in it).")
+            info = archive.getinfo(pickles[0])
+            if info.file_size > MAX_HEADER_BYTES:
+                raise LoraError(f"{name}: its pickle is {info.file_size} bytes, too big.")
+            data = archive.read(info)
+    except zipfile.BadZipFile:
+        raise LoraError(f"{name} is not a complete PyTorch zip file (truncated, or a legacy "
+                        "pre-1.6 pickle): download it again, or convert it to safetensors."
+                        ) from None
+    except OSError as exc:
+        raise LoraError(f"{name} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return [arg for _op, arg, _pos in pickletools.genops(data) if isinstance(arg, str)]
+    except (ValueError, EOFError) as exc:
+        raise LoraError(f"{name}: its pickle is damaged ({exc}).") from None
+
+
 def check_lora_file(path: Path) -> int:
-    """Raise LoraError unless `path` is a whole safetensors file of LoRA weights; the number of
-    tensors."""
+    """Raise LoraError unless `path` is a whole safetensors or PyTorch file of LoRA weights;
+    the number of tensors (of strings in a PyTorch file's pickle)."""
+    if path.suffix.lower() in TORCH_EXTENSIONS:
+        strings = read_torch_keys(path)
+        if not any(_is_lora_key(s) for s in strings):
+            raise LoraError(f"{path.name} holds no LoRA weights (no lora_A/lora_B, lora_down/"
+                            "lora_up keys): it looks like a full model, not a LoRA.")
+        return len(strings)
     header = read_safetensors_header(path)
     keys = [k for k in header if k != "__metadata__"]
     if not keys:
@@ -332,8 +372,8 @@ class LoraFolder:
             if self.policy.models_dir is None and not self.policy.allow_any:
                 raise ForbiddenPathError(f"{ref!r} is outside this server's LoRA folder.")
         if path.suffix.lower() not in LORA_EXTENSIONS:
-            raise LoraError(f"{path.name}: only .safetensors LoRAs load here (a .bin/.pt file "
-                            "is a pickle that can run code).")
+            raise LoraError(f"{path.name}: LoRAs load from .safetensors, .pt, .pth or .bin "
+                            "files (a .ckpt is a full checkpoint, not a LoRA).")
         return path
 
     def resolve_params(self, params: LoraParams) -> LoraParams:

@@ -68,7 +68,7 @@ def router(ctx: ApiContext) -> APIRouter:
 
     @api.get("/loras", response_model=LoraFilesResponse)
     async def list_loras() -> LoraFilesResponse:
-        """The .safetensors files in the LoRA folder and its sub-folders."""
+        """The LoRA files (.safetensors, .pt, .pth, .bin) in the LoRA folder and its sub-folders."""
         return LoraFilesResponse(lora_files=await asyncio.to_thread(folder.list))
 
     @api.post("/loras", response_model=LoraInstallResponse, responses=errors)

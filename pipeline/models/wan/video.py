@@ -16,9 +16,10 @@ Per call and session (one chunk; `frames_per_call` frames in video mode):
    first decodes to 1 + 4(k − 1) frames.
 
 Cache management: with `manage_cache` (default on) the transformer's KV cache restarts when the
-prompt changes outside a transition, or the step list or `noise_scale` changes (old context
-under new conditions drags the picture back); `reset_cache` restarts the whole session (VAE
-included). Sessions are processed one after another: each has its own caches.
+prompt changes outside a transition, or the step list, `noise_scale` or a runtime LoRA's scale
+(`lora_scales`) changes: old context under new conditions drags the picture back (the sinks
+keep it for good); `reset_cache` restarts the whole session (VAE included). Sessions are
+processed one after another: each has its own caches.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic.fields import FieldInfo
 
 from pipeline.base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
@@ -42,10 +43,11 @@ from pipeline.models.diffusion.noise import seeded_normal
 from pipeline.models.streamdiffusion import crop_to_aspect
 from pipeline.params import FrameParams, Mode, ParameterState, WeightedPrompt
 from pipeline.resources.hub import HubModel
-from pipeline.resources.loras import LoraParams
+from pipeline.resources.loras import LoraParams, runtime_scale_key, scale_overrides
 from pipeline.resources.paths import looks_local
 
 from . import sampling
+from .loras import Fused, RuntimeAdapters
 from .text import MAX_LENGTH, TextEncoder
 from .vace_loading import load_vace_transformer, vace_control
 from .vae import TEMPORAL, StreamingVAE, VAECache
@@ -53,6 +55,7 @@ from .weights import (
     DEFAULT_MODEL,
     MEMORY_ADVICE,
     WanModel,
+    fetch_file,
     is_local_file_ref,
     load_wan_model,
     resolve_device,
@@ -64,9 +67,9 @@ _NOISE_TAG = 7  # seeds of this module's noise never coincide with streamdiffusi
 
 
 class WanParams(LoraParams, LoadParams):
-    """`load_params` shared by the Wan pipelines (each sets its own defaults). `loras` are
-    fused into the generator at load (after the built-in `lora`); runtime_peft is not offered
-    for these pipelines yet."""
+    """`load_params` shared by the Wan pipelines (each sets its own defaults). The built-in
+    `lora` and the permanent `loras` are fused into the generator at load; runtime_peft ones
+    stay PEFT adapters whose scales follow each session's `lora_scales` (wan/loras.py)."""
 
     height: int = Field(default=512, ge=16, le=2048, multiple_of=16,
                         description="Output height (multiple of 16: VAE 8× and 2×2 patches).",
@@ -84,7 +87,9 @@ class WanParams(LoraParams, LoadParams):
                     "null = the model folder's own transformer.",
         json_schema_extra=ui(11, "Generator checkpoint"))
     lora: str | None = Field(default=None, min_length=1, max_length=1000,
-                             description="LoRA merged into the generator (file or hub file).",
+                             description="The model's own LoRA, fused into the generator (file "
+                                         "or hub file; LongLive's long-video tuning). The same "
+                                         "file also loads as a `loras` entry.",
         json_schema_extra=ui(12, "LoRA"))
     lora_alpha: float | None = Field(default=None, gt=0.0, le=1e6, allow_inf_nan=False,
                                      description="LoRA alpha; unset = its rank (scale 1).",
@@ -126,14 +131,6 @@ class WanParams(LoraParams, LoadParams):
     compile: bool = Field(default=False, description="torch.compile the transformer blocks.",
         json_schema_extra=ui(24, "torch.compile"))
 
-    @model_validator(mode="after")
-    def _fused_loras_only(self) -> WanParams:
-        if any(spec.runtime for spec in self.lora_specs()):
-            raise ValueError("the Wan pipelines fuse LoRAs into the weights: use "
-                             "lora_merge_mode 'permanent' (live lora_scales is not available "
-                             "for them yet)")
-        return self
-
     def local_refs(self) -> list[str]:
         files = [r for r in (self.checkpoint, self.lora, self.vace_id)
                  if r and is_local_file_ref(r)]
@@ -159,6 +156,7 @@ class WanSession:
     last_prompts: tuple[WeightedPrompt, ...] | None = None
     last_steps: tuple[int, ...] | None = None
     last_noise: float | None = None
+    last_lora_scales: tuple[float, ...] = ()
     cache_resets: int = 0
     """Transformer cache restarts by manage_cache (for tests and stats)."""
     last_noise_used: float | None = None
@@ -171,7 +169,7 @@ class WanVideoPipeline(Pipeline):
 
     modes: ClassVar[tuple[Mode, ...]] = ("text", "video")
     supports_vace = True
-    supports_lora = True  # `loras`, fused at load (no live lora_scales: permanent only)
+    supports_lora = True  # `loras`: fused at load, or runtime_peft with live `lora_scales`
     supports_cache_management = True
     requires_models = True
     min_dimension = 16
@@ -191,6 +189,7 @@ class WanVideoPipeline(Pipeline):
         self.device = resolve_device(self.params.device)
         self.dtype = resolve_dtype(self.params.dtype, self.device)
         self.vace_active = False
+        self._adapters: RuntimeAdapters | None = None
 
     def use_device(self, device: str) -> None:
         super().use_device(device)
@@ -227,9 +226,10 @@ class WanVideoPipeline(Pipeline):
 
         p = self.params
         self.fetch_weights(progress)
-        wan = load_wan_model(p.model_id, p.checkpoint, p.lora, p.lora_alpha, self.device,
-                             self.dtype, progress,
-                             [(Path(s.path), s.scale) for s in p.lora_specs()])
+        fused = [Fused(fetch_file(p.lora, "LoRA", self.device), alpha=p.lora_alpha)] if p.lora \
+            else []
+        fused += [Fused(Path(s.path), s.scale) for s in p.lora_specs() if not s.runtime]
+        wan = load_wan_model(p.model_id, p.checkpoint, self.device, self.dtype, progress, fused)
         self.setup(wan, progress)
 
     def setup(self, wan: WanModel, progress: ProgressCallback) -> None:
@@ -245,6 +245,11 @@ class WanVideoPipeline(Pipeline):
             progress(0.82, "loading VACE")
             transformer = load_vace_transformer(transformer, p.vace_id, self.device, self.dtype)
             self.vace_active = True
+        runtime = [spec for spec in p.lora_specs() if spec.runtime]
+        if runtime:  # after VACE joined: these adapters live on the model that runs
+            progress(0.84, f"loading {len(runtime)} runtime LoRA(s)")
+            self._adapters = RuntimeAdapters(transformer)
+            self._adapters.load(runtime)
         self.model_config = transformer.config
         self.vae = StreamingVAE(wan.vae)
         max_length = min(MAX_LENGTH, int(getattr(wan.tokenizer, "model_max_length", MAX_LENGTH)))
@@ -278,7 +283,33 @@ class WanVideoPipeline(Pipeline):
                                      state))
         return requests
 
+    def change_loras(self, params: LoadParams, progress: ProgressCallback) -> bool:
+        """New runtime LoRAs on the loaded generator, when no `loras` entry was fused into it:
+        the new files are read and checked against the model first (a file that does not fit
+        fails here, the model untouched), then the old adapters are removed and the new ones
+        loaded. With fused entries, or new permanent ones, the weights change: False (a full
+        reload)."""
+        if not isinstance(params, WanParams) or self.params.compile:
+            return False
+        if any(not s.runtime for s in [*self.params.lora_specs(), *params.lora_specs()]):
+            return False
+        specs = params.lora_specs()
+        model = self.transformer.model
+        adapters = self._adapters or RuntimeAdapters(model)
+        progress(0.2, f"checking {len(specs)} LoRA(s)")
+        adapters.check(specs)  # raises PipelineError, the model as it was
+        progress(0.6, "swapping LoRAs")
+        adapters.clear()
+        self._adapters = None
+        if specs:
+            self._adapters = RuntimeAdapters(model)
+            self._adapters.load(specs)
+        self.params = params
+        progress(1.0, "ready")
+        return True
+
     def close(self) -> None:
+        self._adapters = None
         for name in ("transformer", "vae", "text"):
             self.__dict__.pop(name, None)
         if self.device.type == "cuda":
@@ -319,7 +350,10 @@ class WanVideoPipeline(Pipeline):
         state: WanSession = request.state
         params = request.params
         frames = request.frames
-        self._manage_cache(state, params)
+        scales = self._lora_scales(params)
+        self._manage_cache(state, params, scales)
+        if self._adapters is not None:
+            self._adapters.set_scales(scales)
         cond = conditioning(params, self.text.embed).to(self.transformer.dtype)
         sigmas = sampling.shifted_sigmas(params.denoising_step_list, self.params.timestep_shift)
         vace_context = None
@@ -369,22 +403,32 @@ class WanVideoPipeline(Pipeline):
             image = _fit_count(image, count)
         return image
 
+    def _lora_scales(self, params: FrameParams) -> tuple[float, ...]:
+        """The runtime LoRAs' scales for a chunk: its session's `lora_scales` over the load
+        scales (entries that do not apply, e.g. after a reload with other LoRAs, are ignored)."""
+        if self._adapters is None:
+            return ()
+        raw = params.extras.get("lora_scales")
+        overrides = scale_overrides(self.params, raw, strict=False) if raw else {}
+        return runtime_scale_key([spec for _, spec in self._adapters.runtime], overrides)
+
     def _vace_on(self, params: FrameParams) -> bool:
         return self.vace_active and bool(params.extras.get("vace_enabled", True))
 
-    def _manage_cache(self, state: WanSession, params: FrameParams) -> None:
+    def _manage_cache(self, state: WanSession, params: FrameParams,
+                      lora_scales: tuple[float, ...]) -> None:
         """Restart the KV cache when the conditions it was built under changed (module doc)."""
         prompts = params.transition.target if params.transition is not None else params.prompts
         manage = params.extras.get("manage_cache", self.params.manage_cache)
         changed = state.last_steps is not None and (
             (params.transition is None and params.prompts != state.last_prompts)
             or params.denoising_step_list != state.last_steps
-            or params.noise_scale != state.last_noise)
+            or params.noise_scale != state.last_noise or lora_scales != state.last_lora_scales)
         if manage and changed and state.cache.frames:
             state.cache.reset()
             state.cache_resets += 1
         state.last_prompts, state.last_steps = prompts, params.denoising_step_list
-        state.last_noise = params.noise_scale
+        state.last_noise, state.last_lora_scales = params.noise_scale, lora_scales
 
     def _effective_noise(self, state: WanSession, params: FrameParams,
                          video: torch.Tensor) -> float:

@@ -8,18 +8,12 @@
   `{"generator": {"model.blocks.0.self_attn.q.weight": ...}, ...}`: the state dict of their
   `WanDiffusionWrapper`, whose `model` is the causal Wan. The nest is unwrapped (`generator`
   first, as both projects' inference scripts load it, then `generator_ema`, `model`,
-  `state_dict`), then a prefix every key shares (`model.`, `module.`, ...), and FSDP /
-  activation-checkpoint / torch.compile wrapper names anywhere in a key
-  (`_fsdp_wrapped_module.`, ...). Original Wan key names (blocks.0.self_attn.q, ffn.0,
-  head.head, ...) are renamed to diffusers' with diffusers' own single-file converter;
-  checkpoints already in diffusers naming are taken as they are. The weights must fit the
+  `state_dict`) and wrapper names dropped (`wan/keys.py`); original Wan key names are renamed
+  to diffusers' with diffusers' own single-file converter. The weights must fit the
   folder's transformer/config.json exactly, else the error says which keys do not.
-- `lora`: a LoRA to merge into the generator (LongLive ships its long-video tuning as one:
-  lora.pt is `{"generator_lora": get_peft_model_state_dict(...), "critic_lora": ..., "step": n}`,
-  keys `base_model.model.blocks.0.self_attn.q.lora_A.weight`): PEFT keys
-  `<module>.lora_A[.<adapter>].weight` / `lora_B` on original or diffusers module names;
-  W += (alpha / rank)·B·A, computed in float32, alpha = rank unless `lora_alpha` says otherwise
-  (LongLive: rank 256, alpha 256).
+- `fused`: LoRAs added to the generator's weights before it is built (`wan/loras.py`: the
+  built-in `lora` LongLive ships its long-video tuning as, and the `loras` entries whose merge
+  mode is permanent).
 - No checkpoint: the folder's own transformer (the bidirectional base model).
 
 Failures raise `PipelineError`s a person can act on: what is missing where, a checkpoint that does
@@ -29,7 +23,6 @@ not fit, or not enough memory (checked before the weights are read).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +40,9 @@ from pipeline.models.diffusion.loading import (
     resolve_source,
 )
 
+from .keys import to_diffusers_keys, unwrap
+from .loras import Fused, fuse
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -54,14 +50,6 @@ LAYOUT = ("a Wan model folder is laid out like Wan-AI/Wan2.1-T2V-1.3B-Diffusers:
           "model_index.json, tokenizer/, text_encoder/, vae/, scheduler/, transformer/")
 MEMORY_ADVICE = ("Load with a smaller height/width, use bfloat16 on CUDA (dtype), serve fewer "
                  "sessions at once, or free memory used by other processes.")
-_NESTS = ("generator", "generator_ema", "generator_lora", "model", "state_dict", "module")
-"""Where training checkpoints keep the generator, most wanted first: LongLive's and
-StreamDiffusionV2's inference scripts load `generator` (LongLive's `use_ema: false`)."""
-_PREFIXES = ("base_model.model.", "module.", "model.", "diffusion_model.")
-_WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-"""Names FSDP, activation checkpointing and torch.compile insert anywhere in a key (an FSDP
-unit per block gives `model.blocks.0._fsdp_wrapped_module.self_attn...`)."""
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
 
 
 @dataclass
@@ -71,90 +59,6 @@ class WanModel:
     vae: torch.nn.Module
     transformer: torch.nn.Module
     """diffusers `WanTransformer3DModel` holding the generator's weights."""
-
-
-# --- key names -----------------------------------------------------------------------------------
-
-def unwrap(obj: Any) -> dict[str, torch.Tensor]:
-    """The tensor dict inside a training checkpoint, with wrapper prefixes removed."""
-    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        nest = next((k for k in _NESTS if isinstance(obj.get(k), dict)), None)
-        if nest is None and len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
-            nest = next(iter(obj))
-        if nest is None:
-            break
-        obj = obj[nest]
-    if not isinstance(obj, dict) or not obj:
-        raise ValueError("no tensors found (expected a state dict, possibly under "
-                         f"{', '.join(_NESTS)})")
-    tensors = {}
-    for key, value in obj.items():
-        if isinstance(value, torch.Tensor):
-            name = str(key)
-            for wrapper in _WRAPPERS:
-                name = name.replace(wrapper, "")
-            tensors[name] = value
-    changed = True
-    while changed:  # strip a prefix every key shares, e.g. "model." of WanDiffusionWrapper
-        changed = False
-        for prefix in _PREFIXES:
-            if tensors and all(k.startswith(prefix) for k in tensors):
-                tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-                changed = True
-    return tensors
-
-
-def is_original_naming(keys: Any) -> bool:
-    """True for original Wan names (self_attn, ffn.0, head.head), False for diffusers names."""
-    markers = (".self_attn.", ".cross_attn.", ".ffn.0.", ".ffn.2.")
-    return any(k.startswith("head.") or any(m in k for m in markers) for k in keys)
-
-
-def to_diffusers_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Original Wan names → diffusers `WanTransformer3DModel` names (diffusers' converter)."""
-    if not is_original_naming(state_dict):
-        return dict(state_dict)
-    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-
-    return convert_wan_transformer_to_diffusers(dict(state_dict))
-
-
-_INVERSE = [  # diffusers → original, applied in order to each key (inverse of diffusers' table)
-    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-    ("condition_embedder.time_proj", "time_projection.1"),
-    ("condition_embedder.image_embedder.norm1", "img_emb.proj.0"),
-    ("condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1"),
-    ("condition_embedder.image_embedder.ff.net.2", "img_emb.proj.3"),
-    ("condition_embedder.image_embedder.norm2", "img_emb.proj.4"),
-    ("attn2", "cross_attn"), ("attn1", "self_attn"),
-    (".to_out.0.", ".o."), (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."),
-    (".add_k_proj.", ".k_img."), (".add_v_proj.", ".v_img."), (".norm_added_k.", ".norm_k_img."),
-    ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"),
-    ("norm2", "norm__swap"), ("norm3", "norm2"), ("norm__swap", "norm3"),
-]
-
-
-def to_original_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """diffusers names → original Wan names (what training repos save; used to test the
-    conversion and to export)."""
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        if key.startswith("scale_shift_table"):
-            new = "head.modulation"
-        elif key.startswith("proj_out."):
-            new = "head.head." + key[len("proj_out."):]
-        elif key.startswith("vace_blocks.") and (".proj_in." in key or ".proj_out." in key):
-            new = key.replace(".proj_in.", ".before_proj.").replace(".proj_out.", ".after_proj.")
-        else:
-            new = new.replace(".scale_shift_table", ".modulation")
-        for old, repl in _INVERSE:
-            new = new.replace(old, repl)
-        out[new] = value
-    return out
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -237,70 +141,6 @@ def check_fit(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what:
         "pipelines) or the matching model_id.")
 
 
-def merge_lora(state_dict: dict[str, torch.Tensor], lora: dict[str, torch.Tensor],
-               alpha: float | None, dtype: torch.dtype = torch.float32,
-               strength: float = 1.0) -> int:
-    """Merge a PEFT LoRA (original or diffusers module names) into `state_dict` in place, the
-    changed weights in `dtype` (the model's: a bf16 checkpoint loaded in float32 is not rounded
-    to bf16 after the merge), times `strength` (a `loras` entry's scale); returns the number of
-    layers changed."""
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in lora.items():
-        match = _LORA_KEY.match(key)
-        if match:
-            pairs.setdefault(match["module"], {})[match["part"]] = value
-    if not pairs:
-        raise PipelineError("The LoRA file has no lora_A/lora_B weights (PEFT format expected).")
-    deltas: dict[str, torch.Tensor] = {}
-    for module, ab in pairs.items():
-        if set(ab) != {"A", "B"}:
-            raise PipelineError(f"The LoRA file has only lora_{''.join(ab)} for {module}.")
-        a, b = ab["A"].float(), ab["B"].float()
-        rank = a.shape[0]
-        scale = (alpha if alpha is not None else rank) / rank
-        deltas[f"{module}.weight"] = (b @ a) * (scale * strength)
-    converted = to_diffusers_keys(deltas) if is_original_naming(deltas) else deltas
-    unknown = [k for k in converted if k not in state_dict]
-    if unknown:
-        raise PipelineError(f"The LoRA does not fit the generator: {len(unknown)} layers it "
-                            f"changes do not exist (e.g. {', '.join(unknown[:3])}).")
-    for key, delta in converted.items():
-        weight = state_dict[key]
-        if weight.shape != delta.shape:
-            raise PipelineError(f"The LoRA does not fit the generator: {key} is "
-                                f"{tuple(weight.shape)}, the LoRA changes it by "
-                                f"{tuple(delta.shape)}.")
-        state_dict[key] = (weight.float() + delta).to(dtype)
-    return len(converted)
-
-
-def merge_loras(state_dict: dict[str, torch.Tensor], loras: Sequence[tuple[Path, float]],
-                dtype: torch.dtype) -> None:
-    """`load_params.loras` entries (fused, each at its scale): read and converted to diffusers'
-    names by diffusers' own Wan LoRA loader (`WanLoraLoaderMixin.lora_state_dict`: original Wan
-    `diffusion_model.…` keys, musubi-tuner/kohya `lora_unet_…` with alphas, diffusers/PEFT),
-    then merged as W += scale·B·A."""
-    from diffusers.loaders import WanLoraLoaderMixin
-
-    for path, scale in loras:
-        try:
-            lora = WanLoraLoaderMixin.lora_state_dict(str(path.parent), weight_name=path.name,
-                                                      local_files_only=True)
-        except Exception as exc:
-            raise PipelineError(f"LoRA {path.name} is not a Wan LoRA that diffusers reads "
-                                f"(original Wan, musubi/kohya or diffusers format): "
-                                f"{type(exc).__name__}: {str(exc)[:300]}") from exc
-        lora = {k.removeprefix("transformer."): v for k, v in lora.items()}
-        try:
-            changed = merge_lora(state_dict, lora, None, dtype, strength=scale)
-        except PipelineError as exc:
-            raise PipelineError(f"LoRA {path.name}: {exc} Wan pipelines take Wan2.1-T2V-1.3B "
-                                "LoRAs.") from None
-        skipped = sum(1 for k in lora if not _LORA_KEY.match(k))
-        log.info("merged LoRA %s (scale %g) into %d layers%s", path.name, scale, changed,
-                 f"; {skipped} other tensors (biases, norms) not merged" if skipped else "")
-
-
 # --- memory --------------------------------------------------------------------------------------
 
 def available_memory(device: torch.device) -> int | None:
@@ -337,10 +177,9 @@ def _param_bytes(model_cls: Any, config: Any, dtype: torch.dtype) -> int:
 
 # --- the whole model -----------------------------------------------------------------------------
 
-def load_wan_model(model_id: str, checkpoint: str | None, lora: str | None,
-                   lora_alpha: float | None, device: torch.device, dtype: torch.dtype,
-                   progress: ProgressCallback,
-                   loras: Sequence[tuple[Path, float]] = ()) -> WanModel:
+def load_wan_model(model_id: str, checkpoint: str | None, device: torch.device,
+                   dtype: torch.dtype, progress: ProgressCallback,
+                   fused: Sequence[Fused] = ()) -> WanModel:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
@@ -384,14 +223,14 @@ def load_wan_model(model_id: str, checkpoint: str | None, lora: str | None,
             transformer = WanTransformer3DModel.from_pretrained(
                 model.ref, dtype=dtype, variant=component_variant(model, "transformer", dtype),
                 **common(model, "transformer"))
-        if loras:
-            progress(0.6, f"merging {len(loras)} LoRA(s)")
+        if fused:
+            progress(0.6, f"fusing {len(fused)} LoRA(s)")
             state = dict(transformer.state_dict())
-            merge_loras(state, loras, dtype)
+            fuse(state, fused, dtype)
             transformer.load_state_dict(state)
     else:
-        transformer = _load_generator(t_config, checkpoint, lora, lora_alpha, model.ref, device,
-                                      dtype, progress, loras)
+        transformer = _load_generator(t_config, checkpoint, model.ref, device, dtype, progress,
+                                      fused)
     progress(0.8, "moving transformer to the device")
     try:
         transformer = transformer.to(device)
@@ -405,24 +244,18 @@ def load_wan_model(model_id: str, checkpoint: str | None, lora: str | None,
                     transformer=transformer)
 
 
-def _load_generator(config: Any, checkpoint: str, lora: str | None, lora_alpha: float | None,
-                    model_ref: str, device: torch.device, dtype: torch.dtype,
-                    progress: ProgressCallback,
-                    loras: Sequence[tuple[Path, float]] = ()) -> torch.nn.Module:
+def _load_generator(config: Any, checkpoint: str, model_ref: str, device: torch.device,
+                    dtype: torch.dtype, progress: ProgressCallback,
+                    fused: Sequence[Fused]) -> torch.nn.Module:
     from diffusers import WanTransformer3DModel
 
     progress(0.4, "fetching generator checkpoint")
     path = fetch_file(checkpoint, "generator checkpoint", device)
     progress(0.5, f"reading generator checkpoint {path.name}")
     state = to_diffusers_keys(read_checkpoint(path, "generator checkpoint"))
-    if lora is not None:
-        progress(0.6, "merging LoRA")
-        lora_path = fetch_file(lora, "LoRA", device)
-        changed = merge_lora(state, read_checkpoint(lora_path, "LoRA"), lora_alpha, dtype)
-        log.info("merged %s into %d layers", lora_path.name, changed)
-    if loras:
-        progress(0.65, f"merging {len(loras)} LoRA(s)")
-        merge_loras(state, loras, dtype)
+    if fused:
+        progress(0.6, f"fusing {len(fused)} LoRA(s)")
+        fuse(state, fused, dtype)
     progress(0.7, "building transformer")
     transformer = empty_model(WanTransformer3DModel, config)
     check_fit(transformer, state, f"generator checkpoint {checkpoint}", model_ref)

@@ -93,6 +93,20 @@ def test_each_format_loads_and_changes_the_output(models: dict[str, Path],
     assert differs(render(pipeline, True), render(plain, True)) > 0.3  # text mode too
 
 
+def test_a_pytorch_format_copy_loads_like_the_safetensors_file(
+        models: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    copy = models["loras"] / "peft_copy.pt"
+    torch.save(load_file(str(models["peft"])), copy)  # read back with weights_only=True
+    try:
+        assert check_lora_file(copy) > 0
+        assert differs(render(load(models, [{"path": "peft_copy.pt"}])),
+                       render(load(models, [{"path": "peft_style"}]))) == 0.0
+    finally:
+        copy.unlink()
+
+
 def test_scale_zero_is_the_output_without_the_lora(runtime: StreamDiffusionPipeline,
                                                    plain: StreamDiffusionPipeline) -> None:
     off = scales(peft_style=0.0, kohya_style=0.0)
@@ -237,10 +251,16 @@ def test_the_folder_resolves_names_and_confines_paths(models: dict[str, Path],
         folder.resolve("missing")
     with pytest.raises(LoraError, match="NUL"):
         folder.resolve("a\x00b")
-    pickle = models["loras"] / "old.pt"
-    pickle.write_bytes(b"x")
-    with pytest.raises(LoraError, match=r"only \.safetensors"):
-        folder.resolve("old.pt")
+    checkpoint = models["loras"] / "full.ckpt"
+    checkpoint.write_bytes(b"x")
+    with pytest.raises(LoraError, match=r"\.ckpt is a full checkpoint"):
+        folder.resolve("full.ckpt")
+    checkpoint.unlink()
+    pickle = models["loras"] / "old.pt"  # a legacy (pre-zip) pickle, or a cut-off download
+    pickle.write_bytes(b"\x80\x02}q\x00.")
+    assert folder.resolve("old.pt") == pickle.resolve()
+    with pytest.raises(LoraError, match="not a complete PyTorch zip"):
+        check_lora_file(pickle)
     pickle.unlink()
     names = [f.name for f in folder.list()]
     assert names == ["kohya_style", "peft_style", "unet_only"]

@@ -1,20 +1,27 @@
-"""Wan2.1 LoRAs as `load_params.loras` entries (fused at load) in the formats people publish,
-converted by diffusers' Wan LoRA loader: diffusers/PEFT, original Wan (`diffusion_model.…`) and
-musubi-tuner/kohya (`lora_unet_…` with `.alpha`). Files are made here for the tiny Wan model."""
+"""Wan2.1 LoRAs as `load_params.loras` entries in the formats people publish, converted by
+diffusers' Wan LoRA loader: diffusers/PEFT, original Wan (`diffusion_model.…`), musubi-tuner/kohya
+(`lora_unet_…` with `.alpha`) and PEFT training checkpoints (LongLive's lora.pt); fused at load
+(permanent) or kept as PEFT adapters whose scales follow `lora_scales` (runtime_peft). Files are
+made here for the tiny Wan model."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
-from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from pipeline.base import PipelineError
+from pipeline.base import FrameRequest, PipelineError
 from pipeline.models.wan.longlive import LongLivePipeline
-from pipeline.models.wan.video import WanParams
+from pipeline.models.wan.loras import Fused
+from pipeline.models.wan.streamdiffusionv2 import StreamDiffusionV2Pipeline
+from pipeline.models.wan.video import WanVideoPipeline
 from pipeline.models.wan.weights import load_wan_model
+from pipeline.params import ParameterState, ParameterUpdate
+from pipeline.resources.loras import LoraFolder
 from tests.tiny_wan import build_tiny_wan
 
 CPU = torch.device("cpu")
@@ -34,8 +41,8 @@ def wan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def transformer(model: Path, loras: list[tuple[Path, float]] = ()) -> torch.nn.Module:
-    return load_wan_model(str(model), None, None, None, CPU, torch.float32,
-                          lambda f, s: None, loras).transformer
+    return load_wan_model(str(model), None, CPU, torch.float32, lambda f, s: None,
+                          [Fused(path, scale) for path, scale in loras]).transformer
 
 
 def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -121,10 +128,171 @@ def test_a_lora_for_another_model_says_so(wan: Path, tmp_path: Path) -> None:
         transformer(wan, [(elsewhere, 1.0)])
 
 
-def test_wan_params_take_fused_loras_only() -> None:
-    assert LongLivePipeline.supports_lora
-    params = WanParams.model_validate({"loras": [{"path": "/l/a.safetensors", "scale": 0.5}],
-                                       "lora_merge_mode": "permanent_merge"})
-    assert params.lora_specs()[0].merge_mode == "permanent"
-    with pytest.raises(ValidationError, match="fuse LoRAs"):
-        WanParams.model_validate({"loras": [{"path": "a"}], "lora_merge_mode": "runtime_peft"})
+# --- runtime_peft: live scales ------------------------------------------------------------------
+
+SIZE = 16
+
+
+def original_file(path: Path, ab: dict[str, tuple[torch.Tensor, ...]],
+                  bias: dict[str, torch.Tensor] | None = None) -> Path:
+    """An original-format Wan LoRA (`diff_b`: the bias some trainers add to lora_B)."""
+    return write(path, {
+        **{f"diffusion_model.blocks.0.{m}.lora_A.weight": d for m, (d, u) in ab.items()},
+        **{f"diffusion_model.blocks.0.{m}.lora_B.weight": u for m, (d, u) in ab.items()},
+        **{f"diffusion_model.blocks.0.{m}.diff_b": b for m, b in (bias or {}).items()}})
+
+
+@pytest.fixture(scope="module")
+def loras(wan: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA folder: `style` (with a bias), `detail`, a LongLive-style `longlive.pt` and one
+    for another model (`wide`)."""
+    folder = tmp_path_factory.mktemp("wan-loras")
+    base = weights(transformer(wan))
+    style = {m: (d * 0.3, u * 0.3) for m, (d, u) in factors(base, 3).items()}
+    original_file(folder / "style.safetensors", style,
+                  {"ffn.2": torch.randn(base["blocks.0.ffn.net.2.weight"].shape[0]) * 0.2})
+    original_file(folder / "detail.safetensors",
+                  {m: (d * 0.3, u * 0.3) for m, (d, u) in factors(base, 4).items()})
+    torch.save({"generator_lora": {  # LongLive's lora.pt: PEFT keys under base_model.model
+        **{f"base_model.model.blocks.1.{m}.lora_A.weight": d * 0.3
+           for m, (d, u) in factors(base, 5).items()},
+        **{f"base_model.model.blocks.1.{m}.lora_B.weight": u * 0.3
+           for m, (d, u) in factors(base, 5).items()}}, "step": 3000},
+        folder / "longlive.pt")
+    original_file(folder / "wide.safetensors", {"self_attn.q": (torch.zeros(RANK, 999),
+                                                                torch.zeros(16, RANK))})
+    return folder
+
+
+def load(wan: Path, folder: Path, entries: list[dict[str, Any]],
+         mode: str = "runtime_peft") -> WanVideoPipeline:
+    values = {"model_id": str(wan), "checkpoint": None, "vace_enabled": False, "height": SIZE,
+              "width": SIZE, "loras": entries, "lora_merge_mode": mode}
+    params = LoraFolder(folder).resolve_params(
+        StreamDiffusionV2Pipeline.Params.model_validate(values))
+    pipeline = StreamDiffusionV2Pipeline(params)
+    pipeline.load(lambda fraction, stage: None)
+    return pipeline
+
+
+def clip(pipeline: WanVideoPipeline, chunks: int = 2, updates: list[dict[str, Any]] | None = None,
+         state: Any = None) -> list[np.ndarray]:
+    """A fresh session's first `chunks` video chunks (same input, same seed every time);
+    `updates[i]` is applied before chunk i (live parameter changes)."""
+    state, parameters = state or pipeline.new_state(), ParameterState()
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    out = []
+    for i in range(chunks):
+        update = (updates or [])[i] if i < len(updates or []) else None
+        if update:
+            parameters.apply(ParameterUpdate.model_validate(update))
+        frames = np.repeat(picture[None], pipeline.frames_per_call(state), axis=0)
+        request = FrameRequest(frames=frames, size=(SIZE, SIZE), index=0, state=state,
+                               params=parameters.snapshot(pipeline.mode_defaults()["video"]))
+        out.append(pipeline.process([request])[0])
+    return out
+
+
+def differs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+@pytest.fixture(scope="module")
+def plain(wan: Path, loras: Path) -> list[np.ndarray]:
+    return clip(load(wan, loras, []))
+
+
+@pytest.fixture(scope="module")
+def live(wan: Path, loras: Path) -> WanVideoPipeline:
+    return load(wan, loras, [{"path": "style", "scale": 0.8}, {"path": "detail", "scale": 0.5}])
+
+
+def test_runtime_equals_permanent_at_the_same_scales(wan: Path, loras: Path,
+                                                     live: WanVideoPipeline,
+                                                     plain: list[np.ndarray]) -> None:
+    fused = load(wan, loras, [{"path": "style", "scale": 0.8}, {"path": "detail", "scale": 0.5}],
+                 mode="permanent_merge")
+    assert fused._adapters is None and live._adapters is not None
+    assert len(live._adapters.runtime) == 2
+    expected, got = clip(fused), clip(live)
+    for a, b in zip(expected, got, strict=True):
+        assert differs(a, b) < 0.5  # float32 both: rounding of the last uint8 step at most
+    assert differs(got[1], plain[1]) > 3.0  # and the two LoRAs do change the picture
+
+
+def test_scale_zero_is_the_output_without_the_lora(live: WanVideoPipeline,
+                                                   plain: list[np.ndarray]) -> None:
+    off = clip(live, updates=[{"lora_scales": [{"path": "style", "scale": 0.0},
+                                               {"path": "detail.safetensors", "scale": 0}]}])
+    for a, b in zip(off, plain, strict=True):
+        assert differs(a, b) < 0.5
+
+
+def test_a_scale_change_mid_stream_changes_the_next_chunk_without_a_reload(
+        wan: Path, loras: Path, live: WanVideoPipeline) -> None:
+    transformer_before = live.transformer
+    steady = clip(live, 3)
+    session = live.new_state()
+    changed = clip(live, 3, updates=[{}, {}, {"lora_scales": {"style": 2.0}}], state=session)
+    assert differs(steady[1], changed[1]) == 0.0  # same until the change
+    assert session.cache_resets == 1  # manage_cache: new conditions, the old context goes
+    # (the tiny random VAE's streaming decoder keeps most of a session's first chunk: a change
+    # later shows less in the pixels than in the latents)
+    assert differs(steady[2], changed[2]) > 0.1
+    assert live.transformer is transformer_before
+    # the new scale is what a fused load at that scale renders (the cache's past chunks were
+    # made at 0.8 in both: compare a session that starts at 2.0)
+    fused = load(wan, loras, [{"path": "style", "scale": 2.0}, {"path": "detail", "scale": 0.5}],
+                 mode="permanent")
+    start = clip(live, 1, updates=[{"lora_scales": {"style": 2.0}}])
+    assert differs(start[0], clip(fused, 1)[0]) < 0.5
+    assert live._adapters is not None and live._adapters.scales == (2.0, 0.5)
+
+
+def test_longlives_own_lora_file_is_a_loras_entry(wan: Path, loras: Path,
+                                                  plain: list[np.ndarray]) -> None:
+    fused = load(wan, loras, [{"path": "longlive.pt"}], mode="permanent")
+    as_field = LongLivePipeline.Params.model_validate({
+        "model_id": str(wan), "checkpoint": None, "vace_enabled": False, "height": SIZE,
+        "width": SIZE, "lora": str(loras / "longlive.pt")})
+    reference = LongLivePipeline(as_field)
+    reference.load(lambda fraction, stage: None)
+    assert all(torch.equal(a, b) for a, b in zip(
+        fused.transformer.model.state_dict().values(),
+        reference.transformer.model.state_dict().values(), strict=True))
+    live = load(wan, loras, [{"path": "longlive", "scale": 1.0}])
+    assert differs(clip(live)[1], clip(fused)[1]) < 0.5
+    assert differs(clip(live)[1], plain[1]) > 3.0
+
+
+def test_a_lora_that_does_not_fit_leaves_the_pipeline_as_it_was(
+        wan: Path, loras: Path, plain: list[np.ndarray]) -> None:
+    with pytest.raises(PipelineError, match=r"wide\.safetensors.*does not fit"):
+        load(wan, loras, [{"path": "wide"}])
+    pipeline = load(wan, loras, [{"path": "style", "scale": 0.8}])
+    before = clip(pipeline)
+    folder = LoraFolder(loras)
+
+    def params(entries: list[dict[str, Any]]) -> Any:
+        return folder.resolve_params(pipeline.params.model_copy(update={"loras": [
+            pipeline.params.loras[0].model_validate(e) for e in entries]}))
+
+    with pytest.raises(PipelineError, match=r"wide\.safetensors.*does not fit"):
+        pipeline.change_loras(params([{"path": "style"}, {"path": "wide"}]), lambda f, s: None)
+    assert [Path(s.path).name for _, s in pipeline._adapters.runtime] == ["style.safetensors"]
+    assert all(differs(a, b) == 0.0 for a, b in zip(clip(pipeline), before, strict=True))
+    # a good change is done in place: the same transformer, the new LoRA's look
+    model = pipeline.transformer
+    assert pipeline.change_loras(params([{"path": "detail", "scale": 0.5}]), lambda f, s: None)
+    assert pipeline.transformer is model
+    assert [Path(s.path).name for _, s in pipeline._adapters.runtime] == ["detail.safetensors"]
+    assert differs(clip(pipeline)[1], before[1]) > 3.0
+    assert pipeline.change_loras(params([]), lambda f, s: None)
+    assert pipeline._adapters is None
+    assert not any("lora" in name for name, _ in pipeline.transformer.model.named_modules())
+    assert all(differs(a, b) < 0.5 for a, b in zip(clip(pipeline), plain, strict=True))
+    # fused LoRAs cannot be swapped in place: a full reload
+    fused = load(wan, loras, [{"path": "style"}], mode="permanent")
+    assert not fused.change_loras(fused.params.model_copy(update={"loras": []}),
+                                  lambda f, s: None)

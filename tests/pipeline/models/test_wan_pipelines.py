@@ -20,8 +20,9 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from pipeline import FrameRequest, PipelineError
-from pipeline.models.wan import sampling, weights
+from pipeline.models.wan import keys, sampling, weights
 from pipeline.models.wan.longlive import LongLivePipeline
+from pipeline.models.wan.loras import Fused, fuse
 from pipeline.models.wan.streamdiffusionv2 import StreamDiffusionV2Pipeline
 from pipeline.models.wan.vae import StreamingVAE
 from pipeline.models.wan.video import WanVideoPipeline
@@ -44,7 +45,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     torch.manual_seed(1)
     generator = WanTransformer3DModel.from_config(config).state_dict()
-    original = weights.to_original_keys(generator)
+    original = keys.to_original_keys(generator)
     torch.save({"generator": {f"model.{k}": v for k, v in original.items()}},
                root / "generator.pt")
     torch.manual_seed(2)
@@ -56,10 +57,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.save({"generator_lora": lora}, root / "lora.pt")
     vace = WanVACETransformer3DModel.from_config(
         {**config, "vace_layers": [0], "vace_in_channels": 4 + 4 + 64}).state_dict()
-    save_file(weights.to_original_keys({k: v.contiguous() for k, v in vace.items()
+    save_file(keys.to_original_keys({k: v.contiguous() for k, v in vace.items()
                                         if k.startswith("vace_")}),
               str(root / "vace.safetensors"))
-    torch.save({"generator": weights.to_original_keys(WanTransformer3DModel.from_config(
+    torch.save({"generator": keys.to_original_keys(WanTransformer3DModel.from_config(
         {**config, "num_layers": 3}).state_dict())}, root / "other.pt")
     return {"model": model, "generator": root / "generator.pt", "lora": root / "lora.pt",
             "vace": root / "vace.safetensors", "other": root / "other.pt",
@@ -150,15 +151,15 @@ def test_checkpoint_key_conversion_round_trips(files: dict[str, Path]) -> None:
     model = WanVACETransformer3DModel.from_config(
         {**tiny_transformer_config(), "vace_layers": [0], "vace_in_channels": 72})
     ours = model.state_dict()
-    original = weights.to_original_keys(ours)
-    assert weights.is_original_naming(original) and not weights.is_original_naming(ours)
+    original = keys.to_original_keys(ours)
+    assert keys.is_original_naming(original) and not keys.is_original_naming(ours)
     assert "head.head.weight" in original and "blocks.0.self_attn.q.weight" in original
     assert "blocks.0.norm3.weight" in original and "vace_blocks.0.before_proj.weight" in original
     back = convert_wan_transformer_to_diffusers(dict(original))  # diffusers' own converter
     assert back.keys() == ours.keys()
     assert all(back[k] is ours[k] for k in ours)
     wrapped = {"generator_ema": {f"module.model.{k}": v for k, v in original.items()}}
-    assert weights.to_diffusers_keys(weights.unwrap(wrapped)).keys() == ours.keys()
+    assert keys.to_diffusers_keys(keys.unwrap(wrapped)).keys() == ours.keys()
 
 
 def test_a_checkpoint_and_lora_load_through_model_id(files: dict[str, Path],
@@ -220,7 +221,7 @@ def original_state(config: dict[str, Any], seed: int, cls: Any = None) -> dict[s
 
     torch.manual_seed(seed)
     model = (cls or WanTransformer3DModel).from_config(config)
-    return weights.to_original_keys({k: v.detach().clone() for k, v in model.state_dict().items()})
+    return keys.to_original_keys({k: v.detach().clone() for k, v in model.state_dict().items()})
 
 
 def peft_lora(original: dict[str, torch.Tensor], rank: int, seed: int,
@@ -280,7 +281,7 @@ def test_longlive_loads_its_published_layout(published: dict[str, Path]) -> None
     base = torch.load(root / "longlive_base.pt", weights_only=True)["generator"]
     lora = torch.load(root / "lora.pt", weights_only=True)["generator_lora"]
     vace = load_file(str(root / "vace_module_bf16.safetensors"))
-    loaded = weights.to_original_keys(pipeline.transformer.model.state_dict())
+    loaded = keys.to_original_keys(pipeline.transformer.model.state_dict())
     for block in range(PUBLISHED_LAYERS):
         for module in LORA_MODULES:  # W + (256/256 scale, here 4/4)·B·A, in float32
             name = f"blocks.{block}.{module}"
@@ -304,7 +305,7 @@ def test_streamdiffusionv2_loads_its_published_layout(published: dict[str, Path]
     pipeline = load(StreamDiffusionV2Pipeline, {"model": published["model"]},
                     checkpoint=str(published["root"] / "model.pt"))
     saved = torch.load(published["root"] / "model.pt", weights_only=True)
-    loaded = weights.to_original_keys(pipeline.transformer.model.state_dict())
+    loaded = keys.to_original_keys(pipeline.transformer.model.state_dict())
     for key, value in saved["generator"].items():
         torch.testing.assert_close(loaded[key.removeprefix("model.")], value)
     assert not torch.equal(loaded["head.head.weight"], saved["critic"]["model.head.head.weight"])
@@ -312,19 +313,20 @@ def test_streamdiffusionv2_loads_its_published_layout(published: dict[str, Path]
     assert out.shape == (5, SIZE, SIZE, 3)
 
 
-def test_wrapper_names_inside_keys_and_adapter_names_are_understood() -> None:
+def test_wrapper_names_inside_keys_and_adapter_names_are_understood(tmp_path: Path) -> None:
     weight = torch.randn(8, 8)
     ema = {"generator_ema": {  # an FSDP unit per block, as EMA_FSDP's named_parameters give
         "model.blocks.0._fsdp_wrapped_module.self_attn.q.weight": weight,
         "model._orig_mod.head.head.weight": weight,
         "model.blocks.0._checkpoint_wrapped_module.ffn.0.weight": weight}}
-    assert set(weights.unwrap(ema)) == {"blocks.0.self_attn.q.weight", "head.head.weight",
+    assert set(keys.unwrap(ema)) == {"blocks.0.self_attn.q.weight", "head.head.weight",
                                         "blocks.0.ffn.0.weight"}
     state = {"blocks.0.attn2.to_k.weight": torch.zeros(8, 8, dtype=torch.bfloat16)}
     a, b = torch.randn(2, 8), torch.randn(8, 2)
     lora = {"base_model.model.blocks.0.cross_attn.k.lora_A.default.weight": a,
             "base_model.model.blocks.0.cross_attn.k.lora_B.default.weight": b}
-    assert weights.merge_lora(state, weights.unwrap(lora), alpha=4.0) == 1
+    torch.save({"generator_lora": lora}, tmp_path / "lora.pt")
+    fuse(state, [Fused(tmp_path / "lora.pt", alpha=4.0)], torch.float32)
     assert state["blocks.0.attn2.to_k.weight"].dtype == torch.float32
     torch.testing.assert_close(state["blocks.0.attn2.to_k.weight"], 2.0 * b @ a)
 
@@ -375,7 +377,7 @@ def test_a_lora_that_does_not_fit_says_so(files: dict[str, Path], tmp_path: Path
     torch.save(bad, tmp_path / "bad_lora.pt")
     message = failed_load(files, checkpoint=str(files["generator"]),
                           lora=str(tmp_path / "bad_lora.pt"))
-    assert "LoRA does not fit" in message and "blocks.7" in message
+    assert "bad_lora.pt does not fit" in message and "blocks.7" in message
 
 
 def test_not_enough_memory_is_said_before_loading(files: dict[str, Path],
