@@ -1,6 +1,7 @@
 """The GPU check's driver (run it through `benchmarks/gpu_check.sh`): CUDA-only tests, then
 every pipeline benchmark config at real size with random weights, fp16, compile off and on,
-1/2/4/8 sessions, within a time budget; one JSON file with all of it.
+1/2/4/8 sessions, then per config the per-frame cost of LoRAs (none / fused / runtime PEFT),
+within a time budget; one JSON file with all of it.
 
     python benchmarks/gpu_check.py --output gpu-check.json [--budget-s 440]
     python benchmarks/gpu_check.py --plan       # what it would run (works without CUDA)
@@ -56,6 +57,24 @@ def benchmark_runs(configs: list[str], model_root: Path) -> list[dict[str, Any]]
                      "args": [*common, "--steps", "1,2"]})
         runs.append({"config": config, "compile": True,
                      "args": [*common, "--steps", "1", "--compile"]})
+    return runs
+
+
+def lora_runs(configs: list[str]) -> list[dict[str, Any]]:
+    """Per config, LoRA cost: sd-turbo through benchmarks/lora.py (rank 16, the trainers'
+    usual), the Wan pipelines at LongLive's own LoRA rank (256) on one session."""
+    runs = []
+    for config in configs:
+        if config == "sd-turbo":
+            args = ["--config", "sd-turbo", "--size", "512", "--device", "cuda", "--dtype",
+                    "float16", "--frames", "30", "--rank", "16"]
+            runs.append({"config": f"lora:{config}", "compile": False,
+                         "script": "benchmarks/lora.py", "args": args})
+        else:
+            args = ["--config", config, "--random-weights", "--device", "cuda", "--dtype",
+                    "float16", "--sessions", "1", "--steps", "2", "--frames", "6",
+                    "--lora-modes", "none,runtime_peft,permanent", "--lora-rank", "256"]
+            runs.append({"config": f"lora:{config}", "compile": False, "args": args})
     return runs
 
 
@@ -122,7 +141,8 @@ def main() -> int:
     deadline = started + args.budget_s
     model_root = Path(tempfile.gettempdir()) / "gpu-check-models"
     tests = cuda_test_files()
-    runs = benchmark_runs(pipeline_configs(), model_root)
+    configs = pipeline_configs()
+    runs = benchmark_runs(configs, model_root) + lora_runs(configs)
     if args.plan:
         print(json.dumps({"cuda_tests": tests, "runs": runs}, indent=1))
         return 0
@@ -148,7 +168,8 @@ def main() -> int:
     report["runs"] = []
     for i, spec in enumerate(runs):
         share = (deadline - time.monotonic()) / (len(runs) - i)
-        result = run([sys.executable, str(BENCHMARK), *spec["args"]], share)
+        script = ROOT / spec["script"] if "script" in spec else BENCHMARK
+        result = run([sys.executable, str(script), *spec["args"]], share)
         entry = {**spec, "rc": result["rc"], "timed_out": result["timed_out"],
                  "seconds": result["seconds"], "result": last_json_line(result["output"])}
         if result["rc"] != 0 or entry["result"] is None:
@@ -158,7 +179,8 @@ def main() -> int:
         print(f"{spec['config']} compile={spec['compile']}: {state} in {result['seconds']} s",
               flush=True)
         for row in (entry["result"] or {}).get("results", []):
-            print(f"  steps={row.get('steps')} sessions={row.get('sessions')}: "
+            print(f"  {row.get('lora_mode') or row.get('mode') or ''} steps={row.get('steps')} "
+                  f"sessions={row.get('sessions')}: "
                   f"{row.get('fps_total')} frames/s, p50 {row.get('latency_ms_p50')} ms",
                   flush=True)
 

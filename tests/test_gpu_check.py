@@ -44,6 +44,11 @@ def test_the_plan_covers_every_benchmark_config_fp16_compile_off_and_on() -> Non
             assert "--random-weights" in args
             assert ("--compile" in args) == r["compile"]
     assert plan["cuda_tests"] == gpu_check.cuda_test_files()
+    loras = {r["config"]: r for r in plan["runs"] if r["config"].startswith("lora:")}
+    assert sorted(loras) == sorted(f"lora:{c}" for c in configs)
+    for r in loras.values():
+        assert (ROOT / r.get("script", "benchmarks/pipeline.py")).is_file()
+        assert r["args"][r["args"].index("--device") + 1] == "cuda"
 
 
 def test_a_run_that_overstays_its_share_is_stopped_with_its_children() -> None:

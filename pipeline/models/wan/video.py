@@ -43,7 +43,7 @@ from pipeline.models.diffusion.noise import seeded_normal
 from pipeline.models.streamdiffusion import crop_to_aspect
 from pipeline.params import FrameParams, Mode, ParameterState, WeightedPrompt
 from pipeline.resources.hub import HubModel
-from pipeline.resources.loras import LoraParams, runtime_scale_key, scale_overrides
+from pipeline.resources.loras import LoraParams, LoraSpec, runtime_scale_key, scale_overrides
 from pipeline.resources.paths import looks_local
 
 from . import sampling
@@ -248,8 +248,7 @@ class WanVideoPipeline(Pipeline):
         runtime = [spec for spec in p.lora_specs() if spec.runtime]
         if runtime:  # after VACE joined: these adapters live on the model that runs
             progress(0.84, f"loading {len(runtime)} runtime LoRA(s)")
-            self._adapters = RuntimeAdapters(transformer)
-            self._adapters.load(runtime)
+            self._adapters = self._runtime_adapters(transformer, runtime)
         self.model_config = transformer.config
         self.vae = StreamingVAE(wan.vae)
         max_length = min(MAX_LENGTH, int(getattr(wan.tokenizer, "model_max_length", MAX_LENGTH)))
@@ -299,14 +298,26 @@ class WanVideoPipeline(Pipeline):
         progress(0.2, f"checking {len(specs)} LoRA(s)")
         adapters.check(specs)  # raises PipelineError, the model as it was
         progress(0.6, "swapping LoRAs")
+        old = [spec for _, spec in adapters.runtime]
         adapters.clear()
         self._adapters = None
-        if specs:
-            self._adapters = RuntimeAdapters(model)
-            self._adapters.load(specs)
+        try:
+            self._adapters = self._runtime_adapters(model, specs)
+        except PipelineError:  # checked files that PEFT still refused: put the old ones back
+            self._adapters = self._runtime_adapters(model, old)
+            raise
         self.params = params
         progress(1.0, "ready")
         return True
+
+    @staticmethod
+    def _runtime_adapters(model: torch.nn.Module,
+                          specs: Sequence[LoraSpec]) -> RuntimeAdapters | None:
+        if not specs:
+            return None
+        adapters = RuntimeAdapters(model)
+        adapters.load(specs)
+        return adapters
 
     def close(self) -> None:
         self._adapters = None
