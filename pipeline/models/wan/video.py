@@ -156,7 +156,8 @@ class WanSession:
     last_prompts: tuple[WeightedPrompt, ...] | None = None
     last_steps: tuple[int, ...] | None = None
     last_noise: float | None = None
-    last_lora_scales: tuple[float, ...] = ()
+    last_loras: tuple[tuple[str, float], ...] = ()
+    """(file, scale) of the runtime LoRAs the cache was made under."""
     cache_resets: int = 0
     """Transformer cache restarts by manage_cache (for tests and stats)."""
     last_noise_used: float | None = None
@@ -362,7 +363,7 @@ class WanVideoPipeline(Pipeline):
         params = request.params
         frames = request.frames
         scales = self._lora_scales(params)
-        self._manage_cache(state, params, scales)
+        self._manage_cache(state, params, self._lora_conditions(scales))
         if self._adapters is not None:
             self._adapters.set_scales(scales)
         cond = conditioning(params, self.text.embed).to(self.transformer.dtype)
@@ -423,23 +424,28 @@ class WanVideoPipeline(Pipeline):
         overrides = scale_overrides(self.params, raw, strict=False) if raw else {}
         return runtime_scale_key([spec for _, spec in self._adapters.runtime], overrides)
 
+    def _lora_conditions(self, scales: tuple[float, ...]) -> tuple[tuple[str, float], ...]:
+        """(file, scale) of each runtime LoRA: what a session's KV cache was made under."""
+        specs = [spec for _, spec in self._adapters.runtime] if self._adapters else []
+        return tuple(zip((spec.path for spec in specs), scales, strict=True))
+
     def _vace_on(self, params: FrameParams) -> bool:
         return self.vace_active and bool(params.extras.get("vace_enabled", True))
 
     def _manage_cache(self, state: WanSession, params: FrameParams,
-                      lora_scales: tuple[float, ...]) -> None:
+                      loras: tuple[tuple[str, float], ...]) -> None:
         """Restart the KV cache when the conditions it was built under changed (module doc)."""
         prompts = params.transition.target if params.transition is not None else params.prompts
         manage = params.extras.get("manage_cache", self.params.manage_cache)
         changed = state.last_steps is not None and (
             (params.transition is None and params.prompts != state.last_prompts)
             or params.denoising_step_list != state.last_steps
-            or params.noise_scale != state.last_noise or lora_scales != state.last_lora_scales)
+            or params.noise_scale != state.last_noise or loras != state.last_loras)
         if manage and changed and state.cache.frames:
             state.cache.reset()
             state.cache_resets += 1
         state.last_prompts, state.last_steps = prompts, params.denoising_step_list
-        state.last_noise, state.last_lora_scales = params.noise_scale, lora_scales
+        state.last_noise, state.last_loras = params.noise_scale, loras
 
     def _effective_noise(self, state: WanSession, params: FrameParams,
                          video: torch.Tensor) -> float:
