@@ -421,6 +421,27 @@ def test_trying_a_lora_leaves_the_live_ones_as_they_were(models: dict[str, Path]
     assert differs(render(pipeline, lora_scales=scales(kohya_style=0.0)), before[1]) < 0.05
 
 
+def test_trying_a_lora_on_a_pipeline_without_loras_leaves_plain_models(
+        models: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """Scope's app's first Start with a LoRA after a load without any (a LoRA-only change):
+    the tried adapter was the text encoder's only one, and removing it must not fail."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from pipeline.models.diffusion.lora import SDAdapters
+    from pipeline.resources.loras import LoraSpec
+    pipeline = load(models)
+    before = render(pipeline), render(pipeline, True)
+    adapters = SDAdapters(pipeline.unet, pipeline.text_encoder)  # as change_loras tries them
+    with caplog.at_level("ERROR", logger="pipeline.models.diffusion.lora"):
+        adapters.try_load([LoraSpec(str(models["peft"]), 1.0, "runtime_peft")])
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    for model in (pipeline.unet, pipeline.text_encoder):
+        assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
+        assert not getattr(model, "peft_config", None)
+    assert differs(render(pipeline), before[0]) < 0.05
+    assert differs(render(pipeline, True), before[1]) < 0.05
+
+
 async def test_a_webrtc_sessions_look_follows_its_lora_scales(models: dict[str, Path]) -> None:
     """The whole path: the app loads the tiny model with a runtime LoRA from its LoRA folder,
     an aiortc client sends a still picture; `lora_scales` on the data channel turns the LoRA
