@@ -188,6 +188,19 @@ def test_bad_lora_load_params_are_rejected(bad: dict[str, Any]) -> None:
         StreamDiffusionParams.model_validate(bad)
 
 
+def test_a_lora_row_without_a_file_says_so() -> None:
+    """Scope's app sends a row added with + but never given a file as `{path: ""}`; its toast
+    shows the 422's message as is."""
+    body = {"loras": [{"path": "/l/a.safetensors", "scale": 1, "merge_mode": "runtime_peft"},
+                      {"path": "", "scale": 1, "merge_mode": "permanent_merge"}],
+            "lora_merge_mode": "permanent_merge"}
+    with pytest.raises(ValidationError) as info:
+        StreamDiffusionParams.model_validate(body)
+    (error,) = info.value.errors()
+    assert error["loc"] == ("loras", 1, "path")
+    assert "no LoRA file chosen: pick one in the list or remove this entry" in error["msg"]
+
+
 def test_lora_scales_are_checked_against_what_is_loaded() -> None:
     params = LoraParams.model_validate({"loras": [
         {"path": "/l/live.safetensors", "scale": 1.0, "merge_mode": "runtime_peft"},
