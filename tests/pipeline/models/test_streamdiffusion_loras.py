@@ -188,6 +188,23 @@ def test_bad_lora_load_params_are_rejected(bad: dict[str, Any]) -> None:
         StreamDiffusionParams.model_validate(bad)
 
 
+def test_the_load_body_scopes_app_sends() -> None:
+    """Scope's app (StreamPage buildLoRAParams) always sends `lora_merge_mode: permanent_merge`
+    with each entry's own merge_mode, and after a stream in which a scale moved it also sends
+    the last `lora_scales` it sent among the load params: that key changes nothing, so a second
+    Start with the same LoRAs is the same load."""
+    loras = [{"path": "/l/live.safetensors", "scale": 1, "merge_mode": "runtime_peft"},
+             {"path": "/l/fused.safetensors", "scale": 0.8, "merge_mode": "permanent_merge"}]
+    body = {"height": 128, "width": 128, "loras": loras, "lora_merge_mode": "permanent_merge"}
+    params = StreamDiffusionParams.model_validate(body)
+    assert params.lora_merge_mode == "permanent"
+    assert [(s.merge_mode, s.scale) for s in params.lora_specs()] == [
+        ("runtime_peft", 1.0), ("permanent", 0.8)]
+    again = StreamDiffusionParams.model_validate(
+        {**body, "lora_scales": [{"path": "/l/live.safetensors", "scale": 0}]})
+    assert again == params
+
+
 def test_a_lora_row_without_a_file_says_so() -> None:
     """Scope's app sends a row added with + but never given a file as `{path: ""}`; its toast
     shows the 422's message as is."""
