@@ -122,6 +122,30 @@ def test_schemas_carry_scope_metadata_and_settings(http: httpx.Client) -> None:
     assert sd["similarity_filter"]["ui"]["modes"] == ["video"]
 
 
+# React keys of Scope's composite Settings blocks (ComplexFields.tsx: `<div key="lora">`, ...).
+BLOCK_KEYS = {"vace", "lora", "resolution", "cache", "denoising_steps", "noise", "quantization"}
+
+
+def test_no_settings_field_shares_a_composite_blocks_react_key(http: httpx.Client) -> None:
+    """Scope's Settings panel keys a field by its property name and a composite block by its
+    component: a plain field named `lora` beside the LoRA block is a duplicate React key, and
+    its text box stayed on the next pipeline's panel (longlive → streamdiffusion in the app).
+    The Wan pipelines' built-in LoRA is published as `generator_lora`; loads take both names."""
+    from pipeline.registry import get
+
+    pipelines = http.get("/api/v1/pipelines/schemas").json()["pipelines"]
+    for pid, entry in pipelines.items():
+        for key, prop in entry["config_schema"]["properties"].items():
+            if "ui" in prop and key in BLOCK_KEYS:
+                assert prop["ui"].get("component") == key, (pid, key, prop["ui"])
+    for pid in ("longlive", "streamdiffusionv2"):
+        prop = pipelines[pid]["config_schema"]["properties"]["generator_lora"]
+        assert prop["ui"]["label"] == "Generator LoRA" and widget(prop) == "text"
+        params = get(pid).Params
+        assert params.model_validate({"generator_lora": "a/b/l.pt"}).lora == "a/b/l.pt"
+        assert params.model_validate({"lora": "a/b/l.pt"}).lora == "a/b/l.pt"  # our own name
+
+
 # --- loads: an identical load is a no-op; loading_stage says what happens now ------------------
 
 

@@ -68,6 +68,15 @@ class LoraEntry(BaseModel):
 
     _mode = field_validator("merge_mode", mode="before")(_merge_mode)
 
+    @field_validator("path", mode="before")
+    @classmethod
+    def _chosen(cls, value: Any) -> Any:
+        # Scope's app sends a LoRA row whose file was never picked as path "": say so, in place
+        # of pydantic's "String should have at least 1 character" (shown raw in its toast).
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("no LoRA file chosen: pick one in the list or remove this entry")
+        return value
+
 
 class LoraScale(BaseModel):
     """One `lora_scales` item of a parameters message."""

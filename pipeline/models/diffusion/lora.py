@@ -112,10 +112,13 @@ class SDAdapters(StableDiffusionLoraLoaderMixin):
                 warnings.simplefilter("ignore", UserWarning)
                 if name in _adapter_names(self.unet):
                     self.unet.delete_adapters([name])
+                    if not _adapter_names(self.unet):  # no adapter left: plain layers again
+                        self.unet.unload_lora()
                 if name in _adapter_names(self.text_encoder):
+                    # drops the config entry too, and `peft_config` itself with the last one
                     delete_adapter_layers(self.text_encoder, name)
-                    self.text_encoder.peft_config.pop(name, None)
-                    if not self.text_encoder.peft_config:
+                    (getattr(self.text_encoder, "peft_config", None) or {}).pop(name, None)
+                    if not _adapter_names(self.text_encoder):  # no adapter left: plain layers
                         _remove_text_encoder_monkey_patch(self.text_encoder)
         except Exception:  # the error that got us here is the one to report
             log.exception("could not remove the half-loaded LoRA %s", name)

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic.fields import FieldInfo
 
 from pipeline.base import FrameRequest, LoadParams, Pipeline, PipelineError, ProgressCallback
@@ -86,14 +86,18 @@ class WanParams(LoraParams, LoadParams):
         description="Distilled causal generator: local file or hub file owner/name/path; "
                     "null = the model folder's own transformer.",
         json_schema_extra=ui(11, "Generator checkpoint"))
+    # Published as `generator_lora`: Scope's Settings panel keys its LoRA block "lora", and a
+    # field of that name beside it duplicates a React key (its text box then lingers on the
+    # next pipeline's panel). Load params may still say `lora`.
     lora: str | None = Field(default=None, min_length=1, max_length=1000,
+                             validation_alias=AliasChoices("generator_lora", "lora"),
                              description="The model's own LoRA, fused into the generator (file "
                                          "or hub file; LongLive's long-video tuning). The same "
                                          "file also loads as a `loras` entry.",
-        json_schema_extra=ui(12, "LoRA"))
+        json_schema_extra=ui(12, "Generator LoRA"))
     lora_alpha: float | None = Field(default=None, gt=0.0, le=1e6, allow_inf_nan=False,
                                      description="LoRA alpha; unset = its rank (scale 1).",
-        json_schema_extra=ui(13, "LoRA alpha"))
+        json_schema_extra=ui(13, "Generator LoRA alpha"))
     vace_id: str | None = Field(
         default=None, min_length=1, max_length=1000,
         description="VACE module weights (file or hub file: vace_blocks.*, "

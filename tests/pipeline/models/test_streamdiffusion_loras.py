@@ -188,6 +188,36 @@ def test_bad_lora_load_params_are_rejected(bad: dict[str, Any]) -> None:
         StreamDiffusionParams.model_validate(bad)
 
 
+def test_the_load_body_scopes_app_sends() -> None:
+    """Scope's app (StreamPage buildLoRAParams) always sends `lora_merge_mode: permanent_merge`
+    with each entry's own merge_mode, and after a stream in which a scale moved it also sends
+    the last `lora_scales` it sent among the load params: that key changes nothing, so a second
+    Start with the same LoRAs is the same load."""
+    loras = [{"path": "/l/live.safetensors", "scale": 1, "merge_mode": "runtime_peft"},
+             {"path": "/l/fused.safetensors", "scale": 0.8, "merge_mode": "permanent_merge"}]
+    body = {"height": 128, "width": 128, "loras": loras, "lora_merge_mode": "permanent_merge"}
+    params = StreamDiffusionParams.model_validate(body)
+    assert params.lora_merge_mode == "permanent"
+    assert [(s.merge_mode, s.scale) for s in params.lora_specs()] == [
+        ("runtime_peft", 1.0), ("permanent", 0.8)]
+    again = StreamDiffusionParams.model_validate(
+        {**body, "lora_scales": [{"path": "/l/live.safetensors", "scale": 0}]})
+    assert again == params
+
+
+def test_a_lora_row_without_a_file_says_so() -> None:
+    """Scope's app sends a row added with + but never given a file as `{path: ""}`; its toast
+    shows the 422's message as is."""
+    body = {"loras": [{"path": "/l/a.safetensors", "scale": 1, "merge_mode": "runtime_peft"},
+                      {"path": "", "scale": 1, "merge_mode": "permanent_merge"}],
+            "lora_merge_mode": "permanent_merge"}
+    with pytest.raises(ValidationError) as info:
+        StreamDiffusionParams.model_validate(body)
+    (error,) = info.value.errors()
+    assert error["loc"] == ("loras", 1, "path")
+    assert "no LoRA file chosen: pick one in the list or remove this entry" in error["msg"]
+
+
 def test_lora_scales_are_checked_against_what_is_loaded() -> None:
     params = LoraParams.model_validate({"loras": [
         {"path": "/l/live.safetensors", "scale": 1.0, "merge_mode": "runtime_peft"},
@@ -419,6 +449,27 @@ def test_trying_a_lora_leaves_the_live_ones_as_they_were(models: dict[str, Path]
     pipeline._adapters.try_load([LoraSpec(str(models["unet_only"]), 1.0, "runtime_peft")])
     assert differs(render(pipeline), before[0]) < 0.05
     assert differs(render(pipeline, lora_scales=scales(kohya_style=0.0)), before[1]) < 0.05
+
+
+def test_trying_a_lora_on_a_pipeline_without_loras_leaves_plain_models(
+        models: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """Scope's app's first Start with a LoRA after a load without any (a LoRA-only change):
+    the tried adapter was the text encoder's only one, and removing it must not fail."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from pipeline.models.diffusion.lora import SDAdapters
+    from pipeline.resources.loras import LoraSpec
+    pipeline = load(models)
+    before = render(pipeline), render(pipeline, True)
+    adapters = SDAdapters(pipeline.unet, pipeline.text_encoder)  # as change_loras tries them
+    with caplog.at_level("ERROR", logger="pipeline.models.diffusion.lora"):
+        adapters.try_load([LoraSpec(str(models["peft"]), 1.0, "runtime_peft")])
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    for model in (pipeline.unet, pipeline.text_encoder):
+        assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
+        assert not getattr(model, "peft_config", None)
+    assert differs(render(pipeline), before[0]) < 0.05
+    assert differs(render(pipeline, True), before[1]) < 0.05
 
 
 async def test_a_webrtc_sessions_look_follows_its_lora_scales(models: dict[str, Path]) -> None:
