@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from pipeline.base import LoadParams, Pipeline, PipelineError
+from pipeline.errors import PreviousKeptError
 from pipeline.serving.engine import Job, JobResult, LocalEngine
 
 from .shared_frames import Mapped, Slot, can_map, pack, unpack
@@ -92,11 +93,15 @@ class PipelineActor:
                 "first_frames": self.engine.first_frames}
 
     def load(self, cls: type[Pipeline], params: LoadParams) -> tuple[int, int]:
-        """Returns (first_frames, version)."""
-        self._loaded = None
+        """Returns (first_frames, version). Raises PipelineError, or PreviousKeptError when a
+        LoRA change failed in place (the pipeline as it was serves on: same version)."""
+        previous, self._loaded = self._loaded, None
         self._progress = (0.0, "starting")
         try:  # other fronts' rounds wait for it (the engine's lock), then see the new version
             self.engine.load(cls, params, self._set_progress)
+        except PreviousKeptError:
+            self._loaded = previous  # unchanged: no front may take it for another pipeline
+            raise
         except PipelineError:
             self._version += 1
             raise

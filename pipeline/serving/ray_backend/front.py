@@ -14,9 +14,10 @@ from dataclasses import replace
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from pipeline.base import LoadParams, Pipeline, PipelineError, ProgressCallback
+from pipeline.errors import PreviousKeptError
 from pipeline.serving.engine import Job, JobResult, WorkerLost
 
 from .actor import Answer, PipelineActor, SharedMemoryUnavailable, SharedRound
@@ -68,7 +69,12 @@ class RayEngine:
         while not ray.wait([ref], timeout=0.25)[0]:
             with contextlib.suppress(GetTimeoutError, RayActorError):  # the load's result tells
                 progress(*ray.get(self.actor.progress.remote(), timeout=PING_TIMEOUT_S))
-        self.first_frames, self._version = self._get(ref)
+        try:
+            self.first_frames, self._version = self._get(ref)
+        except RayTaskError as exc:
+            if isinstance(exc.cause, PipelineError | PreviousKeptError):
+                raise exc.cause from None  # the actor's words, not Ray's traceback of them
+            raise
         self._drifted = False
         self._incarnation = self.describe()["incarnation"]
 

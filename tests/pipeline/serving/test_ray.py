@@ -12,6 +12,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from fractions import Fraction
+from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -305,3 +307,94 @@ def test_an_actor_that_cannot_map_the_frames_gets_them_inside_the_call(
     (result,) = engine.run([job("a", frames, index=1)])
     assert result.chunk is not None and int(result.chunk[0, 0, 0, 0]) == 42
     assert not engine.shares_memory
+
+
+# --- an in-place LoRA change that fails, across the Ray hop -----------------------------------
+
+@pytest.fixture(scope="module")
+def lora_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.pipeline.models.test_streamdiffusion_loras import write_wider
+    from tests.tiny_loras import write_kohya_lora, write_peft_lora
+    from tests.tiny_models import build_tiny_sd
+
+    root = tmp_path_factory.mktemp("ray-lora-models")
+    sd = build_tiny_sd(root / "sd")
+    loras = root / "loras"
+    peft = write_peft_lora(sd, loras / "peft_style.safetensors")
+    write_kohya_lora(sd, loras / "kohya_style.safetensors")
+    write_wider(peft, loras / "wider.safetensors")  # a LoRA for a model with wider layers
+    return {"sd": sd, "loras": loras}
+
+
+def test_a_failed_lora_change_in_an_actor_keeps_serving_the_session(
+        cluster: None, lora_models: dict[str, Path]) -> None:
+    """A load that only changes the LoRAs is made in place inside the actor. A LoRA for another
+    model's shapes fails there: the status says so in words a person can act on, the actor's
+    pipeline (same process, same LoRA) keeps serving the streaming session with the same
+    look, and a good LoRA change afterwards is made in place and changes the look."""
+    from pipeline.models.streamdiffusion import StreamDiffusionPipeline  # noqa: F401 - registers
+    from pipeline.resources.loras import LoraFolder
+    from tests.pipeline.models.test_streamdiffusion import SIZE, picture
+
+    (engine,) = start_engines(workers=1, gpus_per_worker=0,
+                              name_prefix=f"t{uuid.uuid4().hex[:8]}")
+    service = PipelineService(engines=[engine], text_fps=50,
+                              lora_folder=LoraFolder(lora_models["loras"]))
+    service.start()
+    try:
+        def params(lora: str) -> dict[str, Any]:
+            # the full VAE: random TAESD weights hide most of a latent change from the pixels
+            return {"model_id": str(lora_models["sd"]), "vae_id": "full",
+                    "height": SIZE, "width": SIZE, "loras": [{"path": lora}],
+                    "lora_merge_mode": "runtime_peft"}
+
+        status = service.load_blocking("streamdiffusion", params("peft_style"), timeout=300)
+        assert status.status == "loaded", status.error
+        pid = engine.describe()["pid"]
+        sink = RecordingSink()
+        stream = service.open_stream(sink, offers_video=True)
+        stream.update(ParameterUpdate.model_validate({"noise_scale": 0.0}))
+        image = picture(3, (SIZE, SIZE))
+        pushed = [0]
+
+        def look(count: int = 3) -> np.ndarray:
+            """The last of `count` more frames of the same still picture."""
+            want = len(sink.frames) + count
+            while len(sink.frames) < want:
+                stream.push(InputFrame(decode=lambda: image, pts=pushed[0] * 4500,
+                                       time_base=Fraction(1, 90_000), arrived=time.monotonic()))
+                pushed[0] += 1
+                sink.wait(min(want, len(sink.frames) + 1), timeout=60)
+                assert not sink.stopped, sink.stopped
+            return sink.frames[-1].image.astype(int)
+
+        before = look()
+        status = service.load_blocking("streamdiffusion", params("wider"), timeout=300)
+        assert status.status == "loaded", status
+        assert status.error is not None
+        assert "still serving the previous LoRAs" in status.error
+        assert "wider.safetensors does not fit this model" in status.error
+        assert "Traceback" not in status.error and "ray" not in status.error.lower()
+        assert [Path(a["path"]).name for a in status.loaded_lora_adapters] == [
+            "peft_style.safetensors"]
+        kept = look()  # frames keep arriving from the same process, with the same look
+        assert not sink.stopped and engine.describe()["pid"] == pid
+        assert np.abs(kept - before).mean() < 1.0
+        assert [w.status for w in service.status().workers] == ["loaded"]
+        loaded = engine.describe()["loaded"]
+        assert loaded is not None and Path(loaded[1]["loras"][0]["path"]).name == (
+            "peft_style.safetensors")
+
+        status = service.load_blocking("streamdiffusion", params("kohya_style"), timeout=300)
+        assert status.status == "loaded" and status.error is None, status
+        assert [Path(a["path"]).name for a in status.loaded_lora_adapters] == [
+            "kohya_style.safetensors"]
+        changed = look()
+        assert not sink.stopped and engine.describe()["pid"] == pid
+        print(f"mean pixel difference to the first look: {np.abs(kept - before).mean():.2f} "
+              f"after the failed change, {np.abs(changed - before).mean():.2f} after the good one")
+        assert np.abs(changed - before).mean() > 3.0  # another LoRA, another look
+        stream.close()
+    finally:
+        service.stop()
+        ray.kill(engine.actor)
