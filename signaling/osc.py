@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,7 +27,8 @@ import pythonosc
 from pydantic import ValidationError
 from pythonosc.osc_packet import OscPacket
 
-from pipeline import ParameterUpdate, Pipeline, PipelineService, UnsupportedModeError
+from pipeline import ParameterRejectedError, ParameterUpdate, PipelineService
+from pipeline.resources.loras import LoraParams
 
 from .ice import is_loopback_host
 from .osc_addresses import (
@@ -39,6 +40,8 @@ from .osc_addresses import (
     build_catalogue,
     convert,
     is_setting,
+    lora_ref,
+    lora_update,
     to_settings,
     to_update,
 )
@@ -111,7 +114,7 @@ class OscControl:
         """The UDP port bound, once listening."""
         self._all = PromptSettings()
         self._per_session: dict[str, PromptSettings] = {}
-        self._catalogue: tuple[type[Pipeline] | None, Catalogue] | None = None
+        self._catalogue: tuple[Hashable, Catalogue] | None = None
         self._limiter = _LogLimiter()
         self._windows: dict[str, asyncio.TimerHandle] = {}  # session id → end of its window
         self._held: dict[str, dict[str, Any]] = {}  # session id → changes merged meanwhile
@@ -160,10 +163,12 @@ class OscControl:
     # --- the address space --------------------------------------------------------------------
 
     def catalogue(self) -> Catalogue:
-        """The addresses for the pipeline loaded now (rebuilt when it changes)."""
-        cls = self.service.pipeline_class
-        if self._catalogue is None or self._catalogue[0] is not cls:
-            self._catalogue = (cls, build_catalogue(cls))
+        """The addresses for the pipeline loaded now and its LoRAs (rebuilt when they
+        change)."""
+        cls, params = self.service.pipeline_class, self.service.load_params
+        loras = tuple(params.lora_specs()) if isinstance(params, LoraParams) else ()
+        if self._catalogue is None or self._catalogue[0] != (cls, loras):
+            self._catalogue = ((cls, loras), build_catalogue(cls, params))
         return self._catalogue[1]
 
     # --- messages -----------------------------------------------------------------------------
@@ -202,10 +207,15 @@ class OscControl:
             target, _, key = address[len(SESSION_PREFIX):].partition("/")
         else:
             key = ""
-        entry = self.catalogue().by_key.get(key) if key and target != "" else None
+        catalogue = self.catalogue()
+        entry = catalogue.find(key) if key and target != "" else None
         if entry is None:
-            self._limiter.warning("unknown_address", "OSC: unknown address %r (the list: "
-                                  "GET /api/v1/osc/docs)", address[:120])
+            if lora_ref(key) is not None:
+                self._limiter.warning("unknown_address", "OSC: %s: no such LoRA is loaded "
+                                      "(loaded: %s)", address[:120], catalogue.lora_names())
+            else:
+                self._limiter.warning("unknown_address", "OSC: unknown address %r (the list: "
+                                      "GET /api/v1/osc/docs)", address[:120])
             return "unknown_address"
         sessions = self.sessions.live()
         if target is not None:
@@ -220,8 +230,12 @@ class OscControl:
             if is_setting(key):
                 self._set(key, value, target)
                 return "applied"
-            to_update(key, value, self._all)  # a bad value is bad with or without sessions
-            updates = [(s, to_update(key, value, self._settings(s.id))) for s in sessions]
+            if entry.lora_path is not None:  # one LoRA's scale: the same for every session
+                update = lora_update(entry, value, catalogue)
+                updates = [(s, update) for s in sessions]
+            else:
+                to_update(key, value, self._all)  # a bad value is bad with or without sessions
+                updates = [(s, to_update(key, value, self._settings(s.id))) for s in sessions]
         except OscValueError as exc:
             self._limiter.warning("bad_value", "OSC: %s %s: %s", address[:120],
                                   _shown(args), exc)
@@ -232,7 +246,7 @@ class OscControl:
         for session, update in updates:
             try:
                 self._apply(session, update)
-            except UnsupportedModeError as exc:
+            except ParameterRejectedError as exc:  # a mode it lacks, a LoRA it does not have
                 refused += 1
                 self._limiter.warning("refused", "OSC: %s refused by session %s: %s",
                                       address[:120], session.id, exc)
@@ -240,7 +254,7 @@ class OscControl:
 
     def _apply(self, session: Session, update: ParameterUpdate) -> None:
         """Now, or at the end of the session's window (see COALESCE_S). Raises
-        UnsupportedModeError."""
+        ParameterRejectedError."""
         if session.id in self._windows:
             self._held[session.id] = _merge(self._held.get(session.id, {}), update.given())
             return
@@ -259,7 +273,7 @@ class OscControl:
             return
         try:
             session.apply_from_elsewhere(ParameterUpdate.model_validate(held))
-        except (UnsupportedModeError, ValidationError) as exc:
+        except (ParameterRejectedError, ValidationError) as exc:
             self._limiter.warning("refused", "OSC: session %s refused %s: %s", session_id,
                                   sorted(held), str(exc)[:120])
             return
@@ -317,8 +331,12 @@ def _parser_warnings() -> contextlib.AbstractContextManager[list[str]]:
 
 def _merge(held: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Two changes as one: the later value of each key, a new prompt list replacing a pending
-    transition (and the reverse), and a pending one-shot reset kept."""
+    transition (and the reverse), a pending one-shot reset kept, and LoRA scales merged by
+    LoRA (two faders moved together both count)."""
     merged = {**held, **new}
+    if "lora_scales" in held and "lora_scales" in new:
+        by_path = {item["path"]: item for item in held["lora_scales"] + new["lora_scales"]}
+        merged["lora_scales"] = list(by_path.values())
     if "prompts" in new:
         merged.pop("transition", None)
     if "transition" in new:

@@ -11,6 +11,10 @@ gets its address without an edit here. Four keys are Scope's own, not parameters
   used by the next `prompt`.
 - `interpolation_method`: Scope's name for `prompt_interpolation_method`.
 
+The loaded LoRAs add `lora/<n>/scale` (the n-th LoRA in load order, from 0: the shape of Scope's
+OSC LoRA branch) and `lora/<name>/scale` (the file's name as `GET /api/v1/loras` shows it; a
+file name or the loaded path also matches): a float that becomes `lora_scales` for that LoRA.
+
 Values arrive as OSC types (TouchDesigner's OSC Out CHOP sends every channel as float32), so a
 bool accepts 0/1 numbers and an integer accepts a float with no fraction; the converted value
 is then validated by the same pydantic models as a data-channel message.
@@ -22,6 +26,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -29,11 +34,20 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pipeline import ParameterUpdate, Pipeline
 from pipeline import registry as pipelines
 from pipeline.params import InterpolationMethod, TransitionSpec
+from pipeline.resources.loras import (
+    MAX_SCALE,
+    LoraError,
+    LoraParams,
+    same_lora,
+    scale_overrides,
+)
 
 OscType = Literal["string", "float", "integer", "bool", "integer_list"]
 
 SCOPE_PREFIX = "/scope/"
 SESSION_PREFIX = "/livev2v/"
+LORA_GROUP = "LoRAs"
+_OSC_RESERVED = set(" #*,/?[]{}")  # characters an OSC address part cannot hold
 
 
 class OscAddress(BaseModel):
@@ -50,6 +64,8 @@ class OscAddress(BaseModel):
     """The value in force when nobody set it (the loaded pipeline's default, if it has one)."""
     example: Any = None
     pipeline_id: str | None = None
+    lora_path: str | None = None
+    """For a LoRA's scale: the loaded LoRA it sets (as the status' `loaded_lora_adapters`)."""
 
 
 # Scope's runtime addresses (its OSC reference lists these first), then LiveV2V's own.
@@ -171,6 +187,8 @@ class Catalogue:
     active: dict[str, list[OscAddress]]
     available: dict[str, list[OscAddress]]
     active_pipeline_ids: list[str]
+    loras: LoraParams | None = None
+    """The loaded pipeline's load parameters when it has LoRAs (what `lora/…/scale` sets)."""
 
     @functools.cached_property
     def by_key(self) -> dict[str, OscAddress]:
@@ -181,10 +199,64 @@ class Catalogue:
                     keys[entry.key] = entry
         return keys
 
+    def find(self, key: str) -> OscAddress | None:
+        """The address of `key`; `lora/<ref>/scale` also finds a loaded LoRA by any reference
+        `same_lora` accepts (`style.safetensors`, its path)."""
+        entry = self.by_key.get(key)
+        ref = lora_ref(key)
+        if entry is not None or ref is None or self.loras is None:
+            return entry
+        specs = self.loras.lora_specs()
+        index = next((i for i, spec in enumerate(specs) if same_lora(spec.path, ref)), None)
+        return None if index is None else self.by_key.get(f"lora/{index}/scale")
 
-def build_catalogue(cls: type[Pipeline] | None) -> Catalogue:
-    """The address space with `cls` loaded: Scope's runtime keys, LiveV2V's, and each
-    pipeline's runtime parameters (the loaded one's under `active`, the rest `available`)."""
+    def lora_names(self) -> str:
+        """The loaded LoRAs, for messages."""
+        specs = self.loras.lora_specs() if self.loras is not None else []
+        return ", ".join(f"{i}: {_lora_name(s.path)}" for i, s in enumerate(specs)) or "none"
+
+
+def lora_ref(key: str) -> str | None:
+    """`<ref>` of a `lora/<ref>/scale` key, else None."""
+    if key.startswith("lora/") and key.endswith("/scale") and len(key) > len("lora//scale"):
+        return key[len("lora/"):-len("/scale")]
+    return None
+
+
+def _lora_name(path: str) -> str:
+    """A LoRA's name as `GET /api/v1/loras` shows it (the file name without .safetensors)."""
+    return PurePath(path).stem
+
+
+def lora_entries(params: LoraParams) -> list[OscAddress]:
+    """Two addresses per loaded LoRA: by position (`lora/0/scale`) and by name, when the name
+    can be an OSC address part and is no position (a name two LoRAs share is left out)."""
+    specs = params.lora_specs()
+    names = [_lora_name(spec.path) for spec in specs]
+    entries = []
+    for index, (spec, name) in enumerate(zip(specs, names, strict=True)):
+        if spec.runtime:
+            what, example = "live (runtime_peft); 0 turns it off", 0.5
+        else:
+            what, example = (f"fused (permanent): fixed at {spec.scale:g}; load it with "
+                             "lora_merge_mode runtime_peft to change it live", spec.scale)
+        refs = [str(index)]
+        if (name and not name.isdigit() and names.count(name) == 1
+                and not _OSC_RESERVED & set(name) and name.isprintable()):
+            refs.append(name)
+        for ref in refs:
+            entries.append(OscAddress(
+                key=f"lora/{ref}/scale", osc_address=f"{SCOPE_PREFIX}lora/{ref}/scale",
+                type="float", min=-MAX_SCALE, max=MAX_SCALE, default=spec.scale,
+                example=example, lora_path=spec.path,
+                description=f"Scale of LoRA {index} ({name}): {what}"))
+    return entries
+
+
+def build_catalogue(cls: type[Pipeline] | None, params: Any = None) -> Catalogue:
+    """The address space with `cls` loaded with `params`: Scope's runtime keys, LiveV2V's,
+    each pipeline's runtime parameters (the loaded one's under `active`, the rest
+    `available`) and a scale per loaded LoRA."""
     modes = list(cls.modes) if cls is not None else None
 
     def finish(entry: OscAddress, field: str | None,
@@ -205,6 +277,9 @@ def build_catalogue(cls: type[Pipeline] | None) -> Catalogue:
     ours = [finish(_scope_entry(key, field, text, modes), field)
             for key, (field, text) in LIVEV2V_KEYS.items()]
     active: dict[str, list[OscAddress]] = {"Runtime": runtime, "LiveV2V": ours}
+    loras = params if isinstance(params, LoraParams) and params.loras else None
+    if loras is not None:
+        active[LORA_GROUP] = lora_entries(loras)
     available: dict[str, list[OscAddress]] = {}
     for pipeline_id in pipelines.available():
         other = pipelines.get(pipeline_id)
@@ -215,7 +290,7 @@ def build_catalogue(cls: type[Pipeline] | None) -> Catalogue:
                 entries.append(finish(entry, key, other))
         if entries:
             (active if other is cls else available)[pipeline_id] = entries
-    return Catalogue(active, available, [cls.id] if cls is not None else [])
+    return Catalogue(active, available, [cls.id] if cls is not None else [], loras)
 
 
 def _defaults(cls: type[Pipeline] | None) -> dict[str, Any]:
@@ -344,6 +419,18 @@ def to_settings(key: str, value: Any, settings: PromptSettings) -> PromptSetting
         return PromptSettings.model_validate({**settings.model_dump(), key: value})
     except ValidationError as exc:
         raise OscValueError(_reason(exc)) from None
+
+
+def lora_update(entry: OscAddress, value: float, catalogue: Catalogue) -> ParameterUpdate:
+    """`lora_scales` for the LoRA of `entry`, checked as a data-channel message is: in range,
+    and a new scale only for a live (runtime_peft) LoRA. Raises OscValueError."""
+    assert entry.lora_path is not None, entry.key
+    scales = [{"path": entry.lora_path, "scale": value}]
+    try:
+        scale_overrides(catalogue.loras, scales)
+    except LoraError as exc:
+        raise OscValueError(str(exc)) from None
+    return ParameterUpdate(lora_scales=scales)
 
 
 def is_setting(key: str) -> bool:

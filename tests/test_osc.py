@@ -8,12 +8,15 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from aiortc import VideoStreamTrack
+from av import VideoFrame
 from prometheus_client.parser import text_string_to_metric_families
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder, build_msg
@@ -361,3 +364,166 @@ def test_osc_off_on_public_binds_and_osc_port_taken() -> None:
             status = httpx.get(f"{server.url}/api/v1/osc/status").json()
             assert status["enabled"] is True and status["listening"] is False
             assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+# --- LoRA scales -------------------------------------------------------------------------------
+
+LORA_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def lora_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The tiny streamdiffusion with three LoRAs: two live (runtime_peft), one fused."""
+    from tests.tiny_loras import write_kohya_lora, write_peft_lora
+    from tests.tiny_models import build_tiny_sd
+
+    root = tmp_path_factory.mktemp("osc-loras")
+    sd = build_tiny_sd(root / "sd")
+    loras = root / "loras"
+    write_peft_lora(sd, loras / "peft_style.safetensors")
+    write_peft_lora(sd, loras / "sub" / "unet_only.safetensors", seed=5, text_encoder=False)
+    write_kohya_lora(sd, loras / "kohya_style.safetensors")
+    load_params = {
+        # the full VAE: random TAESD weights hide most of a latent change from the pixels
+        "model_id": str(sd), "vae_id": "full", "height": LORA_SIZE, "width": LORA_SIZE,
+        "lora_merge_mode": "runtime_peft",
+        "loras": [{"path": "peft_style"}, {"path": "unet_only", "scale": 0.8},
+                  {"path": "kohya_style", "scale": 0.5, "merge_mode": "permanent"}]}
+    with serve_in_thread(pipeline="streamdiffusion", load_params=load_params,
+                         lora_dir=loras) as server:
+        yield server
+
+
+class Still(VideoStreamTrack):
+    """The same picture on every frame: the output's look changes only with the parameters."""
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        image = np.random.default_rng(3).integers(0, 256, (LORA_SIZE, LORA_SIZE, 3), np.uint8)
+        frame = VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+def differs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+async def settled(client: LiveV2VClient) -> np.ndarray:
+    """A frame once the stream shows a steady picture (the same as the one before)."""
+    last = None
+    for _ in range(60):
+        image = (await client.recv(timeout_s=30)).to_ndarray(format="rgb24")
+        if last is not None and differs(image, last) < 1.0:
+            return image
+        last = image
+    raise AssertionError("the picture never settled")
+
+
+async def away_from(client: LiveV2VClient, look: np.ndarray) -> np.ndarray:
+    """The steady picture once frames stop looking like `look` (frames rendered before a
+    change may still be on their way)."""
+    for _ in range(60):
+        image = (await client.recv(timeout_s=30)).to_ndarray(format="rgb24")
+        if differs(image, look) > 3.0:
+            return await settled(client)
+    raise AssertionError("the picture did not change")
+
+
+async def scales_now(client: LiveV2VClient, want: dict[str, float]) -> dict[str, float]:
+    """The session's LoRA scales (by file name) once `want` is among them."""
+    deadline = time.monotonic() + 20
+    while True:
+        applied = await client.applied()
+        scales = {Path(s["path"]).name: s["scale"] for s in applied.get("lora_scales", [])}
+        if want.items() <= scales.items():
+            return scales
+        assert time.monotonic() < deadline, scales
+
+
+async def test_lora_scales_are_faders_per_lora(lora_server: Server,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """`/scope/lora/<n>/scale` (Scope's shape) and `/scope/lora/<name>/scale` move one LoRA's
+    scale; the session's look follows. The reference lists them with the loaded LoRAs; a bad
+    value, an unknown LoRA and a new scale for a fused LoRA are counted and logged, and change
+    nothing."""
+    caplog.set_level(logging.INFO, logger="signaling.osc")
+    url = lora_server.url
+    async with httpx.AsyncClient(base_url=url) as http:
+        status = (await http.get("/api/v1/pipeline/status")).json()
+        paths = (await http.get("/api/v1/osc/paths")).json()
+        page = (await http.get("/api/v1/osc/docs")).text
+    assert status["status"] == "loaded", status
+    loaded = [a["path"] for a in status["loaded_lora_adapters"]]
+    entries = paths["active"]["LoRAs"]
+    assert [(e["osc_address"], e["lora_path"], e["default"]) for e in entries] == [
+        ("/scope/lora/0/scale", loaded[0], 1.0), ("/scope/lora/peft_style/scale", loaded[0], 1.0),
+        ("/scope/lora/1/scale", loaded[1], 0.8), ("/scope/lora/unet_only/scale", loaded[1], 0.8),
+        ("/scope/lora/2/scale", loaded[2], 0.5),
+        ("/scope/lora/kohya_style/scale", loaded[2], 0.5)]
+    assert all(e["type"] == "float" and e["min"] == -10 and e["max"] == 10 for e in entries)
+    assert "fused" in entries[4]["description"] and "live" in entries[0]["description"]
+    assert all(f"<code>{e['osc_address']}</code>" in page for e in entries)
+
+    osc = await osc_client(url)
+    for entry in entries:  # each example is valid as listed (no session yet: no_session)
+        osc.send_message(entry["osc_address"], entry["example"])
+    await counts_when(url, lambda c: c["no_session"] == len(entries))
+    async with LiveV2VClient(url) as client:
+        await client.connect(Still(), {"noise_scale": 0.0, "denoising_step_list": [700]})
+        await client.applied()
+        on = await settled(client)
+        sent = time.monotonic()
+        osc.send_message("/scope/lora/0/scale", 0.0)  # Scope's shape: by position
+        update = await client.message("parameters_updated")
+        assert update["parameters"] == {"lora_scales": [{"path": loaded[0], "scale": 0.0}]}
+        off = await away_from(client, on)
+        print(f"/scope/lora/0/scale 0 → a new look after {time.monotonic() - sent:.2f} s "
+              f"(mean difference {differs(off, on):.1f})")
+        osc.send_message("/scope/lora/peft_style/scale", 1.0)  # by name, as GET /loras shows
+        back = await away_from(client, off)
+        assert differs(back, on) < differs(off, on) / 3
+        # A file name matches too; one session's address reaches that session.
+        osc.send_message(f"/livev2v/{client.session_id}/lora/peft_style.safetensors/scale", 0.25)
+        assert (await scales_now(client, {"peft_style.safetensors": 0.25}))
+        # Two faders moved together (one bundle, inside the merge window): both count.
+        bundle = OscBundleBuilder(IMMEDIATELY)
+        for address, value in (("/scope/lora/0/scale", 0.3), ("/scope/lora/1/scale", 0.7),
+                               ("/scope/lora/0/scale", 0.2)):
+            bundle.add_content(build_msg(address, value))
+        osc.send(bundle.build())
+        await scales_now(client, {"peft_style.safetensors": 0.2, "unet_only.safetensors": 0.7})
+        async with httpx.AsyncClient(base_url=url) as http:
+            current = (await http.get("/api/v1/session/parameters",
+                                      params={"session_id": client.session_id})).json()
+        assert {Path(s["path"]).name: s["scale"]
+                for s in current["parameters"]["lora_scales"]} == {
+            "peft_style.safetensors": 0.2, "unet_only.safetensors": 0.7}
+        # The fused LoRA at its own scale is fine (a fader resting where it was loaded).
+        osc.send_message("/scope/lora/2/scale", 0.5)
+        before = await counts_when(url, lambda c: c["applied"] >= 7)
+        bad = [("/scope/lora/0/scale", 11.0), ("/scope/lora/0/scale", float("nan")),
+               ("/scope/lora/0/scale", "loud"), ("/scope/lora/kohya_style/scale", 0.2)]
+        for address, value in bad:
+            osc.send_message(address, value)
+        osc.send_message("/scope/lora/0/scale", [0.1, 0.2])
+        for address in ("/scope/lora/3/scale", "/scope/lora/nope/scale", "/scope/lora//scale",
+                        "/scope/lora/0/strength"):
+            osc.send_message(address, 0.5)
+        counts = await counts_when(url, lambda c: c["bad_value"] >= len(bad) + 1
+                                   and c["unknown_address"] >= 4)
+        assert counts["applied"] == before["applied"] == 7
+        assert counts["bad_value"] == len(bad) + 1 and counts["unknown_address"] == 4
+        assert counts["no_session"] == len(entries)
+        logged = "\n".join(caplog.messages)
+        assert "fused into the weights" in logged and "runtime_peft" in logged
+        assert ("no such LoRA is loaded (loaded: 0: peft_style, 1: unet_only, 2: kohya_style)"
+                in logged)
+        assert "less than or equal to 10" in logged
+        # Nothing changed, and the session streams on.
+        await client.send({"seed": 42})  # a change of its own, to read the scales in force
+        assert await scales_now(client, {"peft_style.safetensors": 0.2,
+                                         "unet_only.safetensors": 0.7,
+                                         "kohya_style.safetensors": 0.5})
+        await client.recv(timeout_s=30)
+    print(f"OSC outcomes: {counts}")

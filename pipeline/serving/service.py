@@ -323,6 +323,11 @@ class PipelineService:
         pipeline_id = self._pipeline_id
         return registry.get(pipeline_id) if pipeline_id else None
 
+    @property
+    def load_params(self) -> LoadParams | None:
+        """The load parameters of the pipeline loaded or loading (LoRA paths resolved)."""
+        return self._load_params
+
     def defaults_for(self, mode: Mode) -> ParameterUpdate:
         cls = self.pipeline_class
         defaults = cls.mode_defaults() if cls else {}
