@@ -200,15 +200,21 @@ class Catalogue:
         return keys
 
     def find(self, key: str) -> OscAddress | None:
-        """The address of `key`; `lora/<ref>/scale` also finds a loaded LoRA by any reference
-        `same_lora` accepts (`style.safetensors`, its path)."""
+        """The address of `key`; `lora/<ref>/scale` also finds a loaded LoRA by its path, a
+        path relative to the LoRA folder, or any name `same_lora` accepts (in that order:
+        `sub/style.safetensors` picks that one of two `style` files)."""
         entry = self.by_key.get(key)
         ref = lora_ref(key)
         if entry is not None or ref is None or self.loras is None:
             return entry
-        specs = self.loras.lora_specs()
-        index = next((i for i, spec in enumerate(specs) if same_lora(spec.path, ref)), None)
-        return None if index is None else self.by_key.get(f"lora/{index}/scale")
+        paths = [spec.path for spec in self.loras.lora_specs()]
+        tail = PurePath(ref).parts
+        for matches in (lambda p: p == ref, lambda p: PurePath(p).parts[-len(tail):] == tail,
+                        lambda p: same_lora(p, ref)):
+            index = next((i for i, path in enumerate(paths) if matches(path)), None)
+            if index is not None:
+                return self.by_key.get(f"lora/{index}/scale")
+        return None
 
     def lora_names(self) -> str:
         """The loaded LoRAs, for messages."""

@@ -23,8 +23,10 @@ from pythonosc.osc_message_builder import OscMessageBuilder, build_msg
 from pythonosc.udp_client import SimpleUDPClient
 
 from app import parse_args
+from pipeline.resources.loras import LoraParams
 from signaling.client import LiveV2VClient, NumberedFrames
 from signaling.osc import osc_bind
+from signaling.osc_addresses import OscValueError, build_catalogue, lora_update
 from tests.conftest import ROOT, Server, free_port, serve_in_thread
 
 LIGHT = (220, 220, 220)  # the effect maps brightness to the palette: bright shows it best
@@ -527,3 +529,34 @@ async def test_lora_scales_are_faders_per_lora(lora_server: Server,
                                          "kohya_style.safetensors": 0.5})
         await client.recv(timeout_s=30)
     print(f"OSC outcomes: {counts}")
+
+
+def test_lora_addresses_by_position_and_by_name() -> None:
+    """A name is listed only when it can be an OSC address part, is no position and is not
+    shared; every LoRA is still reachable by position, and by any name `same_lora` accepts."""
+    params = LoraParams.model_validate({"lora_merge_mode": "runtime_peft", "loras": [
+        {"path": "/l/a/style.safetensors"}, {"path": "/l/b/style.safetensors"},
+        {"path": "/l/7.safetensors"}, {"path": "/l/my style.safetensors"},
+        {"path": "/l/ink.safetensors", "scale": 0.4, "merge_mode": "permanent"}]})
+    catalogue = build_catalogue(None, params)
+    assert [e.osc_address for e in catalogue.active["LoRAs"]] == [
+        "/scope/lora/0/scale", "/scope/lora/1/scale", "/scope/lora/2/scale",
+        "/scope/lora/3/scale", "/scope/lora/4/scale", "/scope/lora/ink/scale"]
+
+    def found(key: str) -> str | None:
+        entry = catalogue.find(key)
+        return None if entry is None else entry.lora_path
+
+    assert found("lora/1/scale") == "/l/b/style.safetensors"
+    assert found("lora/style/scale") == "/l/a/style.safetensors"  # shared: the first
+    assert found("lora/b/style.safetensors/scale") == "/l/b/style.safetensors"
+    assert found("lora/my style/scale") == "/l/my style.safetensors"
+    assert found("lora/7.safetensors/scale") == "/l/7.safetensors"
+    assert found("lora/5/scale") is None and found("lora/ink/strength") is None
+    with pytest.raises(OscValueError, match="fused into the weights"):
+        lora_update(catalogue.find("lora/ink/scale"), 0.5, catalogue)  # type: ignore[arg-type]
+    assert lora_update(catalogue.find("lora/ink/scale"), 0.4,  # type: ignore[arg-type]
+                       catalogue).lora_scales == [{"path": "/l/ink.safetensors", "scale": 0.4}]
+    with pytest.raises(OscValueError, match="less than or equal to 10"):
+        lora_update(catalogue.find("lora/0/scale"), 12.0, catalogue)  # type: ignore[arg-type]
+    assert "LoRAs" not in build_catalogue(None, LoraParams()).active
