@@ -209,8 +209,12 @@ class Catalogue:
             return entry
         paths = [spec.path for spec in self.loras.lora_specs()]
         tail = PurePath(ref).parts
-        for matches in (lambda p: p == ref, lambda p: PurePath(p).parts[-len(tail):] == tail,
-                        lambda p: same_lora(p, ref)):
+
+        def inside(path: str) -> bool:  # `sub/style.safetensors` or `sub/style`
+            full = PurePath(path)
+            return tail in (full.parts[-len(tail):], full.with_suffix("").parts[-len(tail):])
+
+        for matches in (lambda p: p == ref, inside, lambda p: same_lora(p, ref)):
             index = next((i for i, path in enumerate(paths) if matches(path)), None)
             if index is not None:
                 return self.by_key.get(f"lora/{index}/scale")

@@ -550,6 +550,7 @@ def test_lora_addresses_by_position_and_by_name() -> None:
     assert found("lora/1/scale") == "/l/b/style.safetensors"
     assert found("lora/style/scale") == "/l/a/style.safetensors"  # shared: the first
     assert found("lora/b/style.safetensors/scale") == "/l/b/style.safetensors"
+    assert found("lora/b/style/scale") == "/l/b/style.safetensors"
     assert found("lora/my style/scale") == "/l/my style.safetensors"
     assert found("lora/7.safetensors/scale") == "/l/7.safetensors"
     assert found("lora/5/scale") is None and found("lora/ink/strength") is None
