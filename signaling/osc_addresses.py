@@ -234,7 +234,7 @@ def lora_ref(key: str) -> str | None:
 
 
 def _lora_name(path: str) -> str:
-    """A LoRA's name as `GET /api/v1/loras` shows it (the file name without .safetensors)."""
+    """A LoRA's name as `GET /api/v1/loras` shows it (the file name without its extension)."""
     return PurePath(path).stem
 
 
