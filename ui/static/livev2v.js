@@ -209,6 +209,67 @@ export class LiveV2VClient extends EventTarget {
     return (await this._request("POST", "api/v1/pipeline/load", body)).data;
   }
 
+  // --- LoRAs (docs/api.md#loras) ---------------------------------------------------------
+
+  /** The LoRA files in the server's LoRA folder: `[{name, path, size_mb, folder, read_only}]`. */
+  async listLoras() {
+    return ((await this._request("GET", "api/v1/loras")).data || {}).lora_files || [];
+  }
+
+  /** Installs running now or finished lately: `[{id, filename, url, status, downloaded_bytes,
+   * total_bytes, percentage, error}]`. */
+  async getLoraDownloads() {
+    return ((await this._request("GET", "api/v1/lora/downloads")).data || {}).downloads || [];
+  }
+
+  /**
+   * Install a LoRA from a Hugging Face or CivitAI link into the LoRA folder. Resolves with the
+   * installed file (`{name, path, size_mb, folder}`) once it is there; rejects with a
+   * LiveV2VError whose message is the server's reason (host not allowed, 404, too large...).
+   * The server answers only when done, so `onProgress(download)` is fed from
+   * `GET /api/v1/lora/downloads` every `intervalMs` meanwhile.
+   */
+  async installLora(url, { filename = null, subfolder = null, onProgress = null, intervalMs = 500 } = {}) {
+    const body = { url };
+    if (filename) body.filename = filename;
+    if (subfolder) body.subfolder = subfolder;
+    let before = null;
+    if (onProgress) {
+      try {
+        before = new Set((await this.getLoraDownloads()).map((d) => d.id));
+      } catch {
+        before = new Set();
+      }
+    }
+    let done = false;
+    const poll = async () => {
+      while (!done) {
+        await sleep(intervalMs);
+        if (done) return;
+        try {
+          const mine = (await this.getLoraDownloads()).filter((d) => !before.has(d.id));
+          const download = mine.find((d) => d.url === url) || mine[mine.length - 1];
+          if (download && !done) onProgress(download);
+        } catch {
+          /* progress is best effort: the install's own answer says how it ended */
+        }
+      }
+    };
+    const polling = onProgress ? poll() : null;
+    try {
+      const { data } = await this._request("POST", "api/v1/loras", body);
+      return data.file;
+    } finally {
+      done = true;
+      if (polling) await polling.catch(() => {});
+    }
+  }
+
+  /** Delete a file of the LoRA folder (name with or without extension, or a relative path). */
+  async deleteLora(name) {
+    return (await this._request("DELETE", `api/v1/loras/${name.split("/").map(encodeURIComponent).join("/")}`)).data;
+  }
+
   /** Poll the pipeline status until it is loaded; `onProgress(status)` sees every poll. */
   async waitForPipeline({ onProgress = null, intervalMs = 500, timeoutMs = 600000 } = {}) {
     const deadline = Date.now() + timeoutMs;

@@ -22,6 +22,8 @@ const MAX_PROMPTS = 16;
 const TEXT_DEBOUNCE_MS = 350;
 const SLIDER_THROTTLE_MS = 80;
 const KEY_STORAGE = "livev2v.apiKey"; // sessionStorage: this tab only, gone when it closes
+const MAX_LORAS = 8; // the server loads at most 8
+const LORA_KEYS = new Set(["loras", "lora_merge_mode"]); // set by the LoRA card, not the form
 
 export function mountStudio(root, options = {}) {
   const studio = new Studio(root, options);
@@ -69,6 +71,15 @@ class Studio {
     this.reconnectCountdown = null;
     this.run = 0; // bumps on stop: a start still opening its input gives up
     this.starting = false;
+    // LoRAs: the folder's files, the picks for the next load ({scale, mode} by absolute path;
+    // filled from what is loaded until the user edits them), the loaded adapters and the live
+    // strength of the runtime ones for this session.
+    this.loraFiles = [];
+    this.loraPicks = new Map();
+    this.loraPicksEdited = false;
+    this.loadedLoras = [];
+    this.loraScales = new Map();
+    this.loraInstalling = false;
   }
 
   $(role) {
@@ -118,7 +129,18 @@ class Studio {
       e.target.value = seed;
       this.setSeed(seed);
     });
-    this.$("pipeline").addEventListener("change", () => this.renderPipelineInfo());
+    this.$("pipeline").addEventListener("change", () => {
+      this.renderPipelineInfo();
+      if (this.selectedSupportsLora()) this.refreshLoras();
+    });
+    this.$("lora-files").addEventListener("change", (e) => this.onLoraPick(e));
+    this.$("lora-files").addEventListener("input", (e) => this.onLoraPickScale(e));
+    this.$("lora-files").addEventListener("click", (e) => this.onLoraPickMode(e));
+    this.$("lora-sliders").addEventListener("input", (e) => this.onLoraSlider(e));
+    this.$("lora-url").addEventListener("keydown", (e) => {
+      if (e.key === "Enter") this.installLora();
+    });
+    this.$("lora-url").addEventListener("input", () => { this.$("lora-install-error").textContent = ""; });
     this.$("camera").addEventListener("change", () => this.touched.add("camera"));
     this.$("auth").addEventListener("submit", (e) => {
       e.preventDefault();
@@ -152,9 +174,7 @@ class Studio {
       applied.classList.add("lv-flash");
     });
     c.on("changed", ({ parameters }) => this.applyChangedElsewhere(parameters));
-    c.on("rejected", ({ error_message }) =>
-      this.notice({ tone: "warn", title: "The server rejected a change", text: error_message }),
-    );
+    c.on("rejected", ({ error_message }) => this.onRejected(error_message));
     c.on("stopped", (d) => this.onStopped(d));
     c.on("reconnecting", (d) => this.onReconnecting(d));
     c.on("error", ({ error }) => {
@@ -189,6 +209,8 @@ class Studio {
       "random-seed": () => this.setSeed(Math.floor(Math.random() * 2 ** 31)),
       "reset-cache": () => this.sendNow({ reset_cache: true }),
       load: () => this.loadPipeline(),
+      "lora-refresh": () => this.refreshLoras(),
+      "lora-install": () => this.installLora(),
       dismiss: () => this.hideNotice(),
       copy: () => this.copyLink(button),
     };
@@ -245,6 +267,7 @@ class Studio {
     if (shown && shown.pipeline_id && schemas[shown.pipeline_id]) select.value = shown.pipeline_id;
     if (shown) this.applyStatus(shown, { force: true });
     this.pollStatus();
+    if (this.selectedSupportsLora() || this.loadedLoras.length) this.refreshLoras();
   }
 
   pollStatus() {
@@ -327,9 +350,19 @@ class Studio {
         hint: "Check the load parameters (model id, resolution) and the server log, then load again.",
         kind: "load_failed",
       });
+    } else if (previous && previous.status === "loading" && status.status === "loaded" && status.error) {
+      // A LoRA-only change that failed in place: the previous LoRAs still serve.
+      this.notice({
+        tone: "warn",
+        title: "The LoRA change failed",
+        text: status.error,
+        hint: "The pipeline keeps running with the LoRAs it had. Pick other LoRAs and load again.",
+        kind: "load_failed",
+      });
     } else if (previous && previous.status === "loading" && status.status === "loaded") {
       if (this.noticeKind === "loading") this.hideNotice();
     }
+    this.applyLoraStatus(status);
     this.renderPipelineInfo();
     this.applyModeDefaults();
     this.renderSourceAvailability();
@@ -375,6 +408,7 @@ class Studio {
       }
     }
     this.renderLoadForm(id, schema);
+    this.renderLoraCard();
     const loadedSchema = this.loadedSchema();
     const noPrompts = loadedSchema && loadedSchema.supports_prompts === false;
     this.$("prompt-note").hidden = !noPrompts;
@@ -389,6 +423,7 @@ class Studio {
     const current = this.status && this.status.pipeline_id === id ? this.status.load_params || {} : {};
     for (const [key, prop] of Object.entries(props)) {
       if (key === "vace_enabled" && !schema.supports_vace) continue;
+      if (LORA_KEYS.has(key)) continue; // the LoRA card's
       const value = current[key] !== undefined ? current[key] : prop.default;
       const field = document.createElement("label");
       field.className = "lv-load-field";
@@ -449,8 +484,10 @@ class Studio {
     const id = this.$("pipeline").value;
     if (!id) return;
     this.hideNotice();
+    const params = this.readLoadForm();
+    if (this.selectedSupportsLora()) Object.assign(params, this.loraLoadParams());
     try {
-      await this.client.loadPipeline(id, this.readLoadForm());
+      await this.client.loadPipeline(id, params);
     } catch (error) {
       if (error.code === "unauthorized") this.pendingAction = () => this.loadPipeline();
       this.showError(error, `Could not load “${id}”`);
@@ -476,6 +513,16 @@ class Studio {
       this.params.noiseScale = parameters.noise_scale;
       this.$("noise").value = parameters.noise_scale;
       this.$("noise-value").textContent = parameters.noise_scale.toFixed(2);
+    }
+    if (parameters.lora_scales) {
+      const items = Array.isArray(parameters.lora_scales)
+        ? parameters.lora_scales
+        : Object.entries(parameters.lora_scales).map(([path, scale]) => ({ path, scale }));
+      for (const item of items) {
+        const adapter = this.loadedLoras.find((a) => sameLora(a.path, item.path));
+        if (adapter && adapter.merge_mode === "runtime_peft") this.loraScales.set(adapter.path, Number(item.scale));
+      }
+      this.renderLoraSliders();
     }
   }
 
@@ -691,6 +738,7 @@ class Studio {
       noise_scale: p.noiseScale,
       seed: p.seed,
       paused: p.paused,
+      ...(this.runtimeLoraScales().length ? { lora_scales: this.runtimeLoraScales() } : {}),
     };
   }
 
@@ -980,6 +1028,336 @@ class Studio {
       this.timers[key] = null;
       this.sendNow(build());
     }, SLIDER_THROTTLE_MS);
+  }
+
+  // --- LoRAs ------------------------------------------------------------------------------------
+
+  selectedSupportsLora() {
+    const schema = this.schemas[this.$("pipeline").value];
+    return !!schema && schema.supports_lora === true;
+  }
+
+  /** List the server's LoRA folder again (the files offered for the next load). */
+  async refreshLoras() {
+    try {
+      this.loraFiles = await this.client.listLoras();
+      this.loraListError = null;
+    } catch (error) {
+      if (error.code === "unauthorized") return; // the key prompt is up
+      this.loraListError = `Could not list the LoRA folder: ${error.message}`;
+    }
+    this.renderLoraCard();
+  }
+
+  /** After a status: the loaded adapters (sliders) and, until the user edits them, the picks. */
+  applyLoraStatus(status) {
+    let loaded = this.loadedLoras;
+    if (status.status === "loaded") loaded = status.loaded_lora_adapters || [];
+    else if (status.status !== "loading") loaded = [];
+    const before = JSON.stringify(this.loadedLoras);
+    if (JSON.stringify(loaded) !== before) {
+      this.loadedLoras = loaded;
+      // A new load sets the strengths: the sliders (and this session) start from its scales.
+      this.loraScales = new Map(loaded.filter((a) => a.merge_mode === "runtime_peft").map((a) => [a.path, a.scale]));
+      if (this.client.state === "connected" && this.loraScales.size) {
+        this.sendNow({ lora_scales: this.runtimeLoraScales() });
+      } else {
+        delete this.client.parameters.lora_scales; // a reconnect must not send the old ones
+      }
+      if (this.loadedLoras.length && !this.loraFiles.length) this.refreshLoras();
+    }
+    const forLoaded = status.pipeline_id && status.pipeline_id === this.$("pipeline").value;
+    if (!this.loraPicksEdited && forLoaded && status.status === "loaded") {
+      this.loraPicks = new Map(loaded.map((a) => [a.path, { scale: a.scale, mode: a.merge_mode }]));
+    }
+    this.renderLoraCard();
+  }
+
+  /** `lora_scales` for the runtime LoRAs: what the sliders show. */
+  runtimeLoraScales() {
+    return [...this.loraScales].map(([path, scale]) => ({ path, scale }));
+  }
+
+  /** `loras` and `lora_merge_mode` for the load request, from the picks. */
+  loraLoadParams() {
+    const loras = [...this.loraPicks].slice(0, MAX_LORAS).map(([path, pick]) => ({
+      path,
+      scale: pick.scale,
+      merge_mode: pick.mode,
+    }));
+    const live = loras.some((l) => l.merge_mode === "runtime_peft");
+    return { loras, lora_merge_mode: live ? "runtime_peft" : "permanent" };
+  }
+
+  renderLoraCard() {
+    const card = this.$("lora-card");
+    if (!card) return;
+    const supported = this.selectedSupportsLora();
+    card.hidden = !supported && !this.loadedLoras.length;
+    const id = this.$("pipeline").value;
+    const schema = this.schemas[id];
+    const unsupported = this.$("lora-unsupported");
+    unsupported.hidden = supported;
+    unsupported.textContent = schema ? `“${schema.name || id}” does not load LoRAs.` : "";
+    this.$("lora-files").hidden = !supported;
+    this.$("lora-install").hidden = !supported;
+    this.$("lora-empty").hidden = !supported || this.loraFiles.length > 0 || !!this.loraListError;
+    this.renderLoraFiles(supported);
+    this.renderLoraSliders();
+    const count = supported ? Math.min(this.loraPicks.size, MAX_LORAS) : 0;
+    const load = this.root.querySelector('[data-action="load"]');
+    load.textContent = count ? `Load pipeline + ${count} LoRA${count > 1 ? "s" : ""}` : "Load pipeline";
+  }
+
+  /** The folder's files (and picked LoRAs that live elsewhere), each with its pick controls. */
+  renderLoraFiles(supported) {
+    const list = this.$("lora-files");
+    const foot = this.$("lora-foot");
+    list.innerHTML = "";
+    if (!supported) {
+      foot.textContent = "";
+      return;
+    }
+    const rows = this.loraFiles.map((f) => ({ path: f.path, name: f.name, folder: f.folder, size: f.size_mb }));
+    for (const path of this.loraPicks.keys()) {
+      if (!rows.some((r) => sameLora(r.path, path))) rows.push({ path, name: loraStem(path), folder: null, size: null });
+    }
+    const full = this.loraPicks.size >= MAX_LORAS;
+    for (const r of rows) {
+      const pick = this.loraPicks.get(r.path);
+      const row = document.createElement("div");
+      row.className = "lv-lora-file";
+      row.dataset.path = r.path;
+      row.dataset.name = r.name;
+      if (pick) row.dataset.picked = "";
+      const label = document.createElement("label");
+      label.className = "lv-lora-pick";
+      label.title = r.path;
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.dataset.role = "lora-pick";
+      box.checked = !!pick;
+      box.disabled = !pick && full;
+      const name = document.createElement("span");
+      name.className = "lv-lora-name";
+      name.textContent = r.folder ? `${r.folder}/${r.name}` : r.name;
+      const size = document.createElement("small");
+      size.textContent = r.size == null ? "" : formatBytes(r.size * 1048576);
+      label.append(box, name, size);
+      row.appendChild(label);
+      if (pick) {
+        const opts = document.createElement("div");
+        opts.className = "lv-lora-opts";
+        const range = document.createElement("input");
+        range.type = "range";
+        range.min = "0";
+        range.max = String(Math.max(2, pick.scale));
+        range.step = "0.05";
+        range.value = String(pick.scale);
+        range.dataset.role = "lora-pick-scale";
+        range.setAttribute("aria-label", `Strength of ${r.name} at load`);
+        const out = document.createElement("output");
+        out.textContent = pick.scale.toFixed(2);
+        const modes = document.createElement("div");
+        modes.className = "lv-segmented lv-segmented-sm";
+        modes.setAttribute("role", "radiogroup");
+        modes.setAttribute("aria-label", `How ${r.name} loads`);
+        modes.dataset.role = "lora-mode";
+        for (const [value, text, title] of [
+          ["permanent", "Fused", "Fused into the weights: full speed, fixed strength (reload to change it)"],
+          ["runtime_peft", "Live", "Kept as an adapter: its strength changes live, at some cost per frame"],
+        ]) {
+          const b = document.createElement("button");
+          b.type = "button";
+          b.setAttribute("role", "radio");
+          b.dataset.value = value;
+          b.textContent = text;
+          b.title = title;
+          b.setAttribute("aria-checked", String(pick.mode === value));
+          modes.appendChild(b);
+        }
+        opts.append(range, out, modes);
+        row.appendChild(opts);
+      }
+      list.appendChild(row);
+    }
+    const picked = this.loraPicks.size;
+    foot.textContent = this.loraListError
+      || (picked ? `${picked} picked · applied when you press Load pipeline` : rows.length ? "Tick LoRAs to load them with the pipeline." : "");
+  }
+
+  pickRow(e) {
+    const row = e.target.closest(".lv-lora-file");
+    return row ? { row, path: row.dataset.path } : null;
+  }
+
+  onLoraPick(e) {
+    if (e.target.dataset.role !== "lora-pick") return;
+    const { path } = this.pickRow(e);
+    if (e.target.checked) this.loraPicks.set(path, { scale: 1, mode: "permanent" });
+    else this.loraPicks.delete(path);
+    this.loraPicksEdited = true;
+    this.renderLoraCard();
+  }
+
+  onLoraPickScale(e) {
+    if (e.target.dataset.role !== "lora-pick-scale") return;
+    const { row, path } = this.pickRow(e);
+    const pick = this.loraPicks.get(path);
+    if (!pick) return;
+    pick.scale = Number(e.target.value);
+    row.querySelector("output").textContent = pick.scale.toFixed(2);
+    this.loraPicksEdited = true;
+  }
+
+  onLoraPickMode(e) {
+    const b = e.target.closest('[data-role="lora-mode"] button[data-value]');
+    if (!b) return;
+    const { row, path } = this.pickRow(e);
+    const pick = this.loraPicks.get(path);
+    if (!pick) return;
+    pick.mode = b.dataset.value;
+    this.loraPicksEdited = true;
+    setRadio(row.querySelector('[data-role="lora-mode"]'), pick.mode);
+  }
+
+  /** One strength slider per loaded LoRA: live ones steer this session, fused ones are fixed. */
+  renderLoraSliders() {
+    const box = this.$("lora-sliders");
+    this.$("lora-active").hidden = !this.loadedLoras.length;
+    const signature = JSON.stringify(this.loadedLoras);
+    if (box.dataset.signature === signature) {
+      // Same LoRAs: update the values in place (rebuilding would drop a slider mid-drag).
+      for (const row of box.querySelectorAll(".lv-lora-live[data-mode=live]")) {
+        const range = row.querySelector("input");
+        const scale = this.loraScales.get(row.dataset.path);
+        if (scale === undefined || document.activeElement === range) continue;
+        range.value = String(scale);
+        row.querySelector("output").textContent = scale.toFixed(2);
+      }
+      return;
+    }
+    box.dataset.signature = signature;
+    box.innerHTML = "";
+    for (const a of this.loadedLoras) {
+      const live = a.merge_mode === "runtime_peft";
+      const scale = live && this.loraScales.has(a.path) ? this.loraScales.get(a.path) : a.scale;
+      const name = loraStem(a.path);
+      const row = document.createElement("div");
+      row.className = "lv-lora-live";
+      row.dataset.path = a.path;
+      row.dataset.mode = live ? "live" : "fused";
+      const head = document.createElement("div");
+      head.className = "lv-field-label";
+      const title = document.createElement("span");
+      title.className = "lv-lora-title";
+      const label = document.createElement("span");
+      label.className = "lv-lora-name";
+      label.textContent = name;
+      label.title = a.path;
+      const tag = document.createElement("span");
+      tag.className = live ? "lv-tag" : "lv-tag lv-tag-muted";
+      tag.textContent = live ? "live" : "fused";
+      title.append(label, tag);
+      const out = document.createElement("output");
+      out.textContent = scale.toFixed(2);
+      head.append(title, out);
+      const range = document.createElement("input");
+      range.type = "range";
+      range.min = String(Math.min(0, scale));
+      range.max = String(Math.max(2, scale));
+      range.step = "0.05";
+      range.value = String(scale);
+      range.dataset.role = "lora-scale";
+      range.disabled = !live;
+      range.setAttribute("aria-label", `Strength of ${name}`);
+      row.append(head, range);
+      if (!live) {
+        const hint = document.createElement("small");
+        hint.className = "lv-lora-hint";
+        hint.textContent = "fused: reload to change";
+        range.title = "Fused into the weights at load: pick Live and load again to change it while streaming";
+        row.appendChild(hint);
+      }
+      box.appendChild(row);
+    }
+  }
+
+  onLoraSlider(e) {
+    if (e.target.dataset.role !== "lora-scale") return;
+    const row = e.target.closest(".lv-lora-live");
+    const scale = Number(e.target.value);
+    this.loraScales.set(row.dataset.path, scale);
+    row.querySelector("output").textContent = scale.toFixed(2);
+    this.sendThrottled("lora", () => ({ lora_scales: this.runtimeLoraScales() }));
+    const applied = this.$("lora-applied");
+    applied.classList.remove("lv-flash");
+    void applied.offsetWidth;
+    applied.classList.add("lv-flash");
+  }
+
+  /** An `error` message on the channel: a rejected update (e.g. a fused LoRA's scale). */
+  onRejected(message) {
+    const lora = /lora/i.test(message || "");
+    this.notice({
+      tone: "warn",
+      title: lora ? "The LoRA strength was not changed" : "The server rejected a change",
+      text: message,
+      hint: lora ? "Fused LoRAs keep the strength they were loaded with: pick Live and load again to steer them." : "",
+      code: lora ? "lora_rejected" : "rejected",
+    });
+  }
+
+  /** Install a LoRA from the link typed in the card, with progress; then pick it. */
+  async installLora() {
+    if (this.loraInstalling) return;
+    const url = this.$("lora-url").value.trim();
+    const filename = this.$("lora-filename").value.trim();
+    const error = this.$("lora-install-error");
+    error.textContent = "";
+    if (!/^https?:\/\/\S+$/i.test(url)) {
+      error.textContent = url ? "That is not an http(s) link." : "Paste the link of a LoRA file first.";
+      this.$("lora-url").focus();
+      return;
+    }
+    this.loraInstalling = true;
+    const button = this.root.querySelector('[data-action="lora-install"]');
+    button.disabled = true;
+    this.$("lora-install-label").textContent = "Installing…";
+    const progress = this.$("lora-progress");
+    progress.hidden = false;
+    this.$("lora-progress-fill").style.width = "4%";
+    this.$("lora-progress-text").textContent = "Starting the download…";
+    try {
+      const file = await this.client.installLora(url, {
+        filename: filename || null,
+        onProgress: (d) => {
+          const pct = Math.round(d.percentage || 0);
+          this.$("lora-progress-fill").style.width = `${Math.max(4, pct)}%`;
+          const total = d.total_bytes ? ` / ${formatBytes(d.total_bytes)} · ${pct}%` : "";
+          this.$("lora-progress-text").textContent = `${d.filename} · ${formatBytes(d.downloaded_bytes)}${total}`;
+        },
+      });
+      this.$("lora-url").value = "";
+      this.$("lora-filename").value = "";
+      if (file && file.path && this.loraPicks.size < MAX_LORAS) {
+        this.loraPicks.set(file.path, { scale: 1, mode: "permanent" });
+        this.loraPicksEdited = true;
+      }
+      await this.refreshLoras();
+      this.notice({ tone: "ok", title: "LoRA installed", text: `${file ? file.name : "The file"} is in the LoRA folder and picked for the next load.`, autoHideMs: 5000 });
+    } catch (e) {
+      if (e.code === "unauthorized") {
+        this.pendingAction = () => this.installLora();
+      } else {
+        error.textContent = loraInstallMessage(e);
+      }
+    } finally {
+      this.loraInstalling = false;
+      button.disabled = false;
+      this.$("lora-install-label").textContent = "Install";
+      progress.hidden = true;
+    }
   }
 
   // --- output: stats, snapshot, record ----------------------------------------------------------
@@ -1285,6 +1663,40 @@ function forgetKey() {
   } catch {
     /* blocked */
   }
+}
+
+/** The same LoRA: equal paths, or one is the other's file name or name without extension. */
+function sameLora(a, b) {
+  if (a === b) return true;
+  return baseName(a) === baseName(b) || loraStem(a) === loraStem(b);
+}
+
+/** A LoRA's name as the folder lists it: the file name without its extension. */
+function loraStem(path) {
+  return baseName(path).replace(/\.(safetensors|pt|pth|bin)$/i, "");
+}
+
+function baseName(path) {
+  return String(path).split(/[\\/]/).pop();
+}
+
+function formatBytes(bytes) {
+  const mb = bytes / 1048576;
+  if (mb >= 1024) return `${(mb / 1024).toFixed(1)} GB`;
+  if (mb >= 10) return `${Math.round(mb)} MB`;
+  if (mb >= 1) return `${mb.toFixed(1)} MB`;
+  return `${Math.max(1, Math.round(bytes / 1024))} KB`;
+}
+
+/** The server's reason for a failed install, with what to do where the reason alone does not say. */
+function loraInstallMessage(error) {
+  const hints = {
+    403: " The host wants a token: set HF_TOKEN or CIVITAI_API_TOKEN on the server.",
+    429: " Wait for one to finish.",
+  };
+  if (error.code === "network") return error.message;
+  const text = Array.isArray(error.detail) ? formatValidation(error.detail) : error.message;
+  return `Not installed: ${text}${hints[error.status] || ""}`;
 }
 
 function setRadio(group, value, attr = "value") {
