@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import httpx
 import numpy as np
 import pytest
 
@@ -238,7 +239,7 @@ def test_card_follows_the_pipeline_and_installs_from_a_link(studio: Studio,
 
 
 def test_live_lora_slider_steers_the_stream_and_a_fused_one_is_fixed(
-        studio: Studio, files: dict[str, Path]) -> None:
+        studio: Studio, server: Server, files: dict[str, Path]) -> None:
     page = studio.page
     loads: list[dict[str, Any]] = []
     page.on("request", lambda r: r.method == "POST" and r.url.endswith("/pipeline/load")
@@ -311,4 +312,11 @@ def test_live_lora_slider_steers_the_stream_and_a_fused_one_is_fixed(
     assert notice["title"] == "The LoRA strength was not changed"
     assert "fused into the weights" in notice["text"]
     shot(studio, "studio-lora-rejected.png")
+
+    # A strength set from elsewhere (Scope's HTTP route): the live slider follows it.
+    r = httpx.post(f"{server.url}/api/v1/session/parameters",
+                   json={"lora_scales": [{"path": style, "scale": 0.25}]}, timeout=30)
+    assert r.status_code == 200 and r.json()["sessions"] == 1, r.text
+    wait(studio, "(sel) => document.querySelector(sel).value === '0.25'", live)
+    assert page.locator('.lv-lora-live[data-mode="live"] output').inner_text() == "0.25"
     assert studio.errors == []

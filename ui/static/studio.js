@@ -80,6 +80,7 @@ class Studio {
     this.loadedLoras = [];
     this.loraScales = new Map();
     this.loraInstalling = false;
+    this.loraDragging = null; // the slider under the pointer
   }
 
   $(role) {
@@ -137,6 +138,10 @@ class Studio {
     this.$("lora-files").addEventListener("input", (e) => this.onLoraPickScale(e));
     this.$("lora-files").addEventListener("click", (e) => this.onLoraPickMode(e));
     this.$("lora-sliders").addEventListener("input", (e) => this.onLoraSlider(e));
+    // A value from elsewhere must not move a slider under the user's pointer.
+    this.$("lora-sliders").addEventListener("pointerdown", (e) => { this.loraDragging = e.target; });
+    window.addEventListener("pointerup", () => { this.loraDragging = null; });
+    window.addEventListener("pointercancel", () => { this.loraDragging = null; });
     this.$("lora-url").addEventListener("keydown", (e) => {
       if (e.key === "Enter") this.installLora();
     });
@@ -1231,7 +1236,7 @@ class Studio {
       for (const row of box.querySelectorAll(".lv-lora-live[data-mode=live]")) {
         const range = row.querySelector("input");
         const scale = this.loraScales.get(row.dataset.path);
-        if (scale === undefined || document.activeElement === range) continue;
+        if (scale === undefined || this.loraDragging === range) continue;
         range.value = String(scale);
         row.querySelector("output").textContent = scale.toFixed(2);
       }
