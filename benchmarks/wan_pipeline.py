@@ -17,7 +17,8 @@ LoRA of `--lora-rank` on every linear layer of every block (self/cross attention
 the feed-forward pair, as Wan trainers and LongLive's own LoRA target them): `none`, fused into
 the weights (`permanent`), and as a PEFT adapter (`runtime_peft`; `--lora-scale-every N` sends a
 new `lora_scales` every N chunks: each change is one `set_adapters` pass and, with manage_cache,
-a KV-cache restart).
+a KV-cache restart). Each mode also reports `transformer_call_ms_p50`: one causal-transformer
+call on a chunk, the part LoRAs act on (a chunk adds the VAE, which they do not touch).
 
 Per session count: `first_chunk_ms` (a fresh session's first call: 1 + 4k frames), the chunk
 latency (every session's next chunk, one after another), frames/s per session and in total, and
@@ -176,6 +177,30 @@ def set_lora_mode(pipeline: WanVideoPipeline, mode: str, lora: Path | None) -> N
         model.load_state_dict(state)
 
 
+def transformer_ms(pipeline: WanVideoPipeline, repeats: int = 5) -> float:
+    """The median time of one causal-transformer call on a chunk (fresh cache, no commit): the
+    part of a chunk LoRAs act on, apart from the VAE and text encoder."""
+    model = pipeline.transformer
+    k = pipeline.latent_frames_per_chunk
+    latents = torch.randn(1, pipeline.latent_shape[0], k, *pipeline.latent_shape[1:],
+                          device=pipeline.device, dtype=model.dtype)
+    text = torch.randn(1, pipeline.text.max_length, int(pipeline.model_config.text_dim),
+                       device=pipeline.device, dtype=model.dtype)
+    t = torch.full((1,), 500.0, device=pipeline.device)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            if pipeline.device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            model(latents, t, text, model.new_cache(1))
+            if pipeline.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first is a warm-up
+                times.append((time.perf_counter() - started) * 1000.0)
+    return round(statistics.median(times), 1)
+
+
 def request(pipeline: WanVideoPipeline, state: Any, mode: str, session: int,
             rng: np.random.Generator, steps: list[int],
             lora: tuple[str, float] | None = None) -> FrameRequest:
@@ -314,9 +339,13 @@ def main(argv: list[str] | None = None) -> None:
         steps = step_list(pipeline, args.mode, count)
         live = str(lora) if lora_mode == "runtime_peft" else None
         result = {"lora_mode": lora_mode, **measure(pipeline, sessions, args, steps, live)}
+        if lora is not None:
+            result["transformer_call_ms_p50"] = transformer_ms(pipeline)
         results.append(result)
         vram = f", VRAM peak {result['vram_peak_gb']} GB" if "vram_peak_gb" in result else ""
-        print(f"lora={lora_mode} steps={steps} sessions={sessions}: "
+        call = (f", transformer call {result['transformer_call_ms_p50']:.0f} ms"
+                if "transformer_call_ms_p50" in result else "")
+        print(f"lora={lora_mode}{call} steps={steps} sessions={sessions}: "
               f"{result['fps_per_session']:.1f} frames/s per "
               f"session "
               f"({result['fps_total']:.1f} total), chunk of {result['frames_per_chunk']} frames "
