@@ -28,6 +28,7 @@ from signaling.client import LiveV2VClient, NumberedFrames
 from signaling.osc import osc_bind
 from signaling.osc_addresses import OscValueError, build_catalogue, lora_update
 from tests.conftest import ROOT, Server, free_port, serve_in_thread
+from tests.looks import away_from, differs, settled
 
 LIGHT = (220, 220, 220)  # the effect maps brightness to the palette: bright shows it best
 BLUE = {"prompts": [{"text": "blue", "weight": 1.0}], "noise_scale": 0.0,
@@ -405,31 +406,6 @@ class Still(VideoStreamTrack):
         frame = VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts, frame.time_base = pts, time_base
         return frame
-
-
-def differs(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(int) - b.astype(int)).mean())
-
-
-async def settled(client: LiveV2VClient) -> np.ndarray:
-    """A frame once the stream shows a steady picture (the same as the one before)."""
-    last = None
-    for _ in range(60):
-        image = (await client.recv(timeout_s=30)).to_ndarray(format="rgb24")
-        if last is not None and differs(image, last) < 1.0:
-            return image
-        last = image
-    raise AssertionError("the picture never settled")
-
-
-async def away_from(client: LiveV2VClient, look: np.ndarray) -> np.ndarray:
-    """The steady picture once frames stop looking like `look` (frames rendered before a
-    change may still be on their way)."""
-    for _ in range(60):
-        image = (await client.recv(timeout_s=30)).to_ndarray(format="rgb24")
-        if differs(image, look) > 3.0:
-            return await settled(client)
-    raise AssertionError("the picture did not change")
 
 
 async def scales_now(client: LiveV2VClient, want: dict[str, float]) -> dict[str, float]:

@@ -32,6 +32,7 @@ from pipeline.resources.loras import (
     parse_scales,
     scale_overrides,
 )
+from tests.looks import away_from, differs, settled
 from tests.pipeline.models.test_streamdiffusion import SIZE, frame_params, picture, request
 from tests.tiny_loras import write_kohya_lora, write_peft_lora
 from tests.tiny_models import build_tiny_sd, build_tiny_taesd
@@ -74,10 +75,6 @@ def runtime(models: dict[str, Path]) -> StreamDiffusionPipeline:
 def render(pipeline: StreamDiffusionPipeline, text: bool = False, **update: Any) -> np.ndarray:
     """One frame (video mode, or text mode) with fresh session state (same seed: same noise)."""
     return pipeline.process([request(pipeline, None if text else picture(3), **update)])[0]
-
-
-def differs(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(int) - b.astype(int)).mean())
 
 
 def scales(**by_path: float) -> list[dict[str, Any]]:
@@ -503,33 +500,14 @@ async def test_a_webrtc_sessions_look_follows_its_lora_scales(models: dict[str, 
         async with LiveV2VClient(server.url) as client:
             await client.connect(Still(), {"noise_scale": 0.0, "denoising_step_list": [700]})
 
-            async def settled() -> np.ndarray:
-                """A frame once the stream shows a steady picture (same as the one before)."""
-                last = None
-                for _ in range(60):
-                    image = (await client.recv(timeout_s=30)).to_ndarray(format="rgb24")
-                    if last is not None and differs(image, last) < 1.0:
-                        return image
-                    last = image
-                raise AssertionError("the picture never settled")
-
-            async def away_from(look: np.ndarray) -> np.ndarray:
-                """The steady picture once frames stop looking like `look` (frames rendered
-                before a change may still be on their way)."""
-                for _ in range(60):
-                    image = (await client.recv(timeout_s=30)).to_ndarray(format="rgb24")
-                    if differs(image, look) > 3.0:
-                        return await settled()
-                raise AssertionError("the picture did not change")
-
             async def switch(scale: float, look: np.ndarray) -> np.ndarray:
                 await client.send({"lora_scales": [{"path": path, "scale": scale}]})
                 applied = await client.message("parameters_applied")
                 while applied["parameters"].get("lora_scales", [{}])[0].get("scale") != scale:
                     applied = await client.message("parameters_applied")
-                return await away_from(look)
+                return await away_from(client, look)
 
-            on = await settled()
+            on = await settled(client)
             off = await switch(0.0, on)
             back = await switch(1.0, off)
             assert differs(back, on) < differs(off, on) / 3
@@ -540,7 +518,7 @@ async def test_a_webrtc_sessions_look_follows_its_lora_scales(models: dict[str, 
             r = await asyncio.to_thread(httpx.post, f"{server.url}/api/v1/session/parameters",
                                         json={"lora_scales": [{"path": path, "scale": 0.0}]})
             assert r.status_code == 200 and r.json()["sessions"] == 1, r.text
-            assert differs(await away_from(back), off) < differs(off, on) / 3
+            assert differs(await away_from(client, back), off) < differs(off, on) / 3
 
 
 def test_loras_for_a_pipeline_without_lora_support_are_refused(

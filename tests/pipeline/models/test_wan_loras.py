@@ -22,6 +22,7 @@ from pipeline.models.wan.video import WanVideoPipeline
 from pipeline.models.wan.weights import load_wan_model
 from pipeline.params import ParameterState, ParameterUpdate
 from pipeline.resources.loras import LoraFolder
+from tests.looks import differs
 from tests.tiny_wan import build_tiny_wan
 
 CPU = torch.device("cpu")
@@ -192,10 +193,6 @@ def clip(pipeline: WanVideoPipeline, chunks: int = 2, updates: list[dict[str, An
                                params=parameters.snapshot(pipeline.mode_defaults()["video"]))
         out.append(pipeline.process([request])[0])
     return out
-
-
-def differs(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(int) - b.astype(int)).mean())
 
 
 @pytest.fixture(scope="module")
