@@ -170,7 +170,8 @@ def set_lora_mode(pipeline: WanVideoPipeline, mode: str, lora: Path | None) -> N
         pipeline._adapters = None
     if mode == "runtime_peft" and lora is not None:
         pipeline._adapters = RuntimeAdapters(model)
-        pipeline._adapters.load([LoraSpec(str(lora), 1.0, "runtime_peft")])
+        pipeline._adapters.load(pipeline._adapters.prepare(
+            [LoraSpec(str(lora), 1.0, "runtime_peft")]))
     elif mode == "permanent" and lora is not None:
         state = dict(model.state_dict())
         fuse(state, [Fused(lora)], pipeline.dtype)

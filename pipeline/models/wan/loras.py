@@ -157,28 +157,28 @@ class RuntimeAdapters:
         self.scales: tuple[float, ...] = ()
         self._count = 0
 
-    def check(self, specs: Sequence[LoraSpec]) -> None:
-        """Read each file and check it fits, changing nothing. Raises PipelineError."""
+    def prepare(self, specs: Sequence[LoraSpec]) -> list[tuple[LoraSpec, dict[str, torch.Tensor]]]:
+        """Read each file and check it fits this model, changing nothing: what `load` adds
+        (each file read once). Raises PipelineError."""
         shapes = layer_shapes(self.model)
+        prepared = []
         for spec in specs:
             path = Path(spec.path)
-            check_fit(shapes, read_lora(path), path.name)
+            lora = read_lora(path)
+            found = check_fit(shapes, lora, path.name)
+            if any("bias" in parts for parts in found.values()):  # PEFT: all or none
+                for module, parts in found.items():
+                    if "bias" not in parts:
+                        lora[f"{module}.lora_B.bias"] = parts["B"].new_zeros(parts["B"].shape[0])
+            prepared.append((spec, lora))
+        return prepared
 
-    def load(self, specs: Sequence[LoraSpec]) -> None:
-        """Add `specs` as adapters at their load scales. Raises PipelineError with the model as
-        it was (what this call added is removed again)."""
-        shapes = layer_shapes(self.model)
+    def load(self, prepared: Sequence[tuple[LoraSpec, dict[str, torch.Tensor]]]) -> None:
+        """Add what `prepare` read as adapters at their load scales. Raises PipelineError with
+        the model as it was (what this call added is removed again)."""
         added: list[str] = []
         try:
-            for spec in specs:
-                path = Path(spec.path)
-                lora = read_lora(path)
-                found = check_fit(shapes, lora, path.name)
-                if any("bias" in parts for parts in found.values()):  # PEFT: all or none
-                    for module, parts in found.items():
-                        if "bias" not in parts:
-                            lora[f"{module}.lora_B.bias"] = parts["B"].new_zeros(
-                                parts["B"].shape[0])
+            for spec, lora in prepared:
                 name = f"lora_{self._count}"
                 self._count += 1
                 with warnings.catch_warnings():  # PEFT's notes on several adapters
@@ -186,13 +186,11 @@ class RuntimeAdapters:
                     self.model.load_lora_adapter(lora, prefix=None, adapter_name=name)
                 added.append(name)
                 self.runtime.append((name, spec))
-                log.info("LoRA %s loaded as %s (runtime_peft, scale %g)", path.name, name,
-                         spec.scale)
+                log.info("LoRA %s loaded as %s (runtime_peft, scale %g)", Path(spec.path).name,
+                         name, spec.scale)
         except Exception as exc:
             self._remove(added)
             self.runtime = [(n, s) for n, s in self.runtime if n not in added]
-            if isinstance(exc, PipelineError):
-                raise
             raise PipelineError(f"LoRA could not be loaded: {type(exc).__name__}: "
                                 f"{str(exc)[:300]}") from exc
         self.scales = ()

@@ -301,16 +301,19 @@ class WanVideoPipeline(Pipeline):
         model = self.transformer.model
         adapters = self._adapters or RuntimeAdapters(model)
         progress(0.2, f"checking {len(specs)} LoRA(s)")
-        adapters.check(specs)  # raises PipelineError, the model as it was
+        prepared = adapters.prepare(specs)  # raises PipelineError, the model as it was
         progress(0.6, "swapping LoRAs")
         old = [spec for _, spec in adapters.runtime]
         adapters.clear()
         self._adapters = None
-        try:
-            self._adapters = self._runtime_adapters(model, specs)
-        except PipelineError:  # checked files that PEFT still refused: put the old ones back
-            self._adapters = self._runtime_adapters(model, old)
-            raise
+        if prepared:
+            try:
+                fresh = RuntimeAdapters(model)
+                fresh.load(prepared)
+                self._adapters = fresh
+            except PipelineError:  # checked files that PEFT still refused: the old ones back
+                self._adapters = self._runtime_adapters(model, old)
+                raise
         self.params = params
         progress(1.0, "ready")
         return True
@@ -321,7 +324,7 @@ class WanVideoPipeline(Pipeline):
         if not specs:
             return None
         adapters = RuntimeAdapters(model)
-        adapters.load(specs)
+        adapters.load(adapters.prepare(specs))
         return adapters
 
     def close(self) -> None:
